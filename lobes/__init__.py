@@ -1,0 +1,1 @@
+"""Student building blocks (imported as `speechbrain_cald.lobes`); no training logic."""

@@ -1,0 +1,3 @@
+"""speechbrain-cald: Cross-Architecture Layerwise Distillation (CALD) for SpeechBrain."""
+
+__version__ = "0.1.0"
