@@ -24,6 +24,8 @@ else
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip install --disable-pip-version-check)
+# Machines with an offline file:// extra index make pip warn once per package; hide that noise.
+pip_install() { "${PIP[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 # The stamp records what was installed; unchanged inputs mean nothing to do.
 STAMP="$VENV/.cald-setup-stamp"
@@ -33,16 +35,16 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$PY" -c "import speech
 else
     if [ "$GPU" = "1" ]; then
         say "GPU mode: torch is not pinned; installing extras [$EXTRAS,cuda]"
-        "${PIP[@]}" -e ".[$EXTRAS,cuda]"
+        pip_install -e ".[$EXTRAS,cuda]"
     else
         say "installing torch==2.13.0 (CPU build)"
-        "${PIP[@]}" -q -c tools/constraints-cpu.txt "torch==2.13.0"
+        pip_install -q -c tools/constraints-cpu.txt "torch==2.13.0"
         # No CPU torchaudio exists for torch 2.13: the 2.11 wheel installs without
         # deps, and its CUDA-linked libraries are removed below.
         say "installing torchaudio==2.11.0 without dependencies"
-        "${PIP[@]}" -q --no-deps "torchaudio==2.11.0"
+        pip_install -q --no-deps "torchaudio==2.11.0"
         say "installing speechbrain-cald (editable) with extras [$EXTRAS]"
-        "${PIP[@]}" -q -c tools/constraints-cpu.txt -e ".[$EXTRAS]"
+        pip_install -q -c tools/constraints-cpu.txt -e ".[$EXTRAS]"
     fi
     echo "$want" > "$STAMP"
 fi
