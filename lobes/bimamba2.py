@@ -1,0 +1,86 @@
+"""Bidirectional Mamba2: a forward and a backward Mamba2 mixer, summed.
+
+The backward mixer reads each utterance reversed *within its own valid length*, so
+padding (always at the right) stays at the end in both directions and a causal scan
+never reads it: a padded utterance gives exactly the output it gives alone.
+"""
+
+import torch
+from torch import nn
+
+from .mamba2 import Mamba2Config, Mamba2Mixer
+from .masking import valid_mask
+
+
+class BiMamba2(nn.Module):
+    """`fw(x) + reverse(bw(reverse(x)))`, zeroed on padded frames.
+
+    Submodules `forward_mixer` and `backward_mixer` are Mamba2Mixer(config).
+    """
+
+    def __init__(self, config: Mamba2Config):
+        super().__init__()
+        self.config = config
+        self.forward_mixer = Mamba2Mixer(config)
+        self.backward_mixer = Mamba2Mixer(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """hidden_states `(batch, time, d_model)` -> `(batch, time, d_model)`.
+
+        lengths / attention_mask: see `masking.valid_mask` (relative lengths, boolean /
+        0-1 mask, or HF additive 2-D / 4-D mask); none means every frame is valid.
+        """
+        batch, time, d_model = hidden_states.shape
+        valid = valid_mask(batch, time, lengths, attention_mask, device=hidden_states.device)
+        n_valid = valid.sum(dim=1, keepdim=True)  # (b, 1)
+        pos = torch.arange(time, device=hidden_states.device)[None, :]  # (1, t)
+        # Frame t of the reversed utterance is frame n_valid - 1 - t; padding maps to
+        # itself. The map is its own inverse, so the same gather undoes it.
+        reverse = torch.where(pos < n_valid, n_valid - 1 - pos, pos)  # (b, t)
+        reverse = reverse[..., None].expand(batch, time, d_model)
+
+        forward_out = self.forward_mixer(hidden_states)
+        backward_out = self.backward_mixer(hidden_states.gather(1, reverse)).gather(1, reverse)
+        return (forward_out + backward_out) * valid[..., None].to(hidden_states.dtype)
+
+
+def mamba2_config_for_attention_init(d_model: int, num_heads: int, **overrides) -> Mamba2Config:
+    """Mamba2Config whose in_proj x / B / C blocks have the shapes of attention's V / K / Q.
+
+    ngroups = nheads = num_heads and d_state = headdim = d_model // num_heads, expand 1.
+    """
+    head_dim = d_model // num_heads
+    kwargs = dict(d_model=d_model, expand=1, headdim=head_dim, d_state=head_dim, ngroups=num_heads)
+    return Mamba2Config(**(kwargs | overrides))
+
+
+@torch.no_grad()
+def init_bimamba2_from_attention(
+    bimamba: BiMamba2, q: nn.Linear, k: nn.Linear, v: nn.Linear, o: nn.Linear, num_heads: int
+) -> None:
+    """Copy attention weights into both mixers (Mamba-in-the-Llama style).
+
+    In each mixer's in_proj [z, x, B, C, dt]: V -> x rows, K -> B rows, Q -> C rows, so per
+    head C_t . B_s = q_t . k_s; O -> out_proj. The rest keeps its init; biases of q/k/v/o
+    are not copied (the caller reports them).
+    """
+    cfg = bimamba.config
+    head_dim = cfg.d_model // num_heads
+    expected = (cfg.d_inner, cfg.ngroups, cfg.nheads, cfg.d_state, cfg.headdim)
+    if expected != (cfg.d_model, num_heads, num_heads, head_dim, head_dim):
+        raise ValueError(
+            "config must come from mamba2_config_for_attention_init (expand 1, ngroups = "
+            f"nheads = {num_heads}, d_state = headdim = {head_dim}); got {cfg}"
+        )
+    d, gn = cfg.d_inner, cfg.ngroups * cfg.d_state
+    for mixer in (bimamba.forward_mixer, bimamba.backward_mixer):
+        w = mixer.in_proj.weight  # (in_proj_width, d_model)
+        w[d : 2 * d].copy_(v.weight)
+        w[2 * d : 2 * d + gn].copy_(k.weight)
+        w[2 * d + gn : 2 * d + 2 * gn].copy_(q.weight)
+        mixer.out_proj.weight.copy_(o.weight)

@@ -1,0 +1,165 @@
+"""Mamba2 mixer with mamba_ssm.modules.mamba2.Mamba2's parameter names and shapes.
+
+Two scan backends behind one module: "torch" (the chunked SSD scan of `ssd.py`, runs
+anywhere) and "mamba_ssm" (its Triton kernel `mamba_chunk_scan_combined`, CUDA only).
+Checkpoints move between them, and to mamba_ssm.Mamba2, unchanged.
+"""
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backend import resolve_backend
+from .ssd import ssd_chunked
+
+
+@dataclass
+class Mamba2Config:
+    """Hyper-parameters of one Mamba2 mixer (names as mamba_ssm.Mamba2's arguments).
+
+    The defaults keep the input-projection width `2*d_inner + 2*ngroups*d_state + nheads`
+    a multiple of 8, which mamba-ssm's fused CUDA path (causal_conv1d on a channel-last
+    slice of the projection) requires: 1816 for d_model 768 and 2336 for d_model 1024
+    (d_state 128, expand 1, headdim 32). headdim 64 would give 1804 for d_model 768.
+
+    `chunk_size` is the mamba_ssm kernel's chunk; the pure-PyTorch scan uses
+    `torch_chunk_size` (fastest on CPU; the result does not depend on it beyond rounding).
+    """
+
+    d_model: int
+    d_state: int = 128
+    d_conv: int = 4
+    expand: int = 1
+    headdim: int = 32
+    ngroups: int = 1
+    chunk_size: int = 256
+    torch_chunk_size: int = 64
+    A_init_range: tuple[float, float] = (1.0, 16.0)
+    dt_min: float = 1e-3
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False
+    norm_eps: float = 1e-5
+    backend: str = "auto"
+
+    def __post_init__(self):
+        if self.d_inner % self.headdim:
+            raise ValueError(f"d_inner {self.d_inner} is not a multiple of headdim {self.headdim}")
+        if self.nheads % self.ngroups:
+            raise ValueError(f"nheads {self.nheads} is not a multiple of ngroups {self.ngroups}")
+        if self.in_proj_width % 8:
+            warnings.warn(
+                f"Mamba2 in_proj width {self.in_proj_width} (= 2*d_inner + 2*ngroups*d_state"
+                " + nheads) is not a multiple of 8: mamba-ssm's fused CUDA path will fail"
+                " on it (the pure-PyTorch path is unaffected)",
+                stacklevel=3,
+            )
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def nheads(self) -> int:
+        return self.d_inner // self.headdim
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the convolved [x, B, C] block."""
+        return self.d_inner + 2 * self.ngroups * self.d_state
+
+    @property
+    def in_proj_width(self) -> int:
+        """Width of in_proj's output [z, x, B, C, dt]."""
+        return 2 * self.d_inner + 2 * self.ngroups * self.d_state + self.nheads
+
+
+class RMSNormGated(nn.Module):
+    """Grouped RMSNorm of `x * silu(z)` (mamba_ssm's RMSNormGated, norm_before_gate=False)."""
+
+    def __init__(self, hidden_size: int, group_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.group_size = group_size
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x, z: `(..., hidden_size)` -> `(..., hidden_size)`, computed in float32."""
+        gated = x.float() * F.silu(z.float())
+        grouped = gated.unflatten(-1, (-1, self.group_size))
+        normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed.flatten(-2) * self.weight.float()).to(x.dtype)
+
+
+class Mamba2Mixer(nn.Module):
+    """Causal Mamba2 mixer `(batch, time, d_model) -> (batch, time, d_model)`.
+
+    in_proj -> [z, xBC, dt]; xBC -> depthwise causal conv + SiLU -> [x, B, C];
+    y = SSD(x, softplus(dt + dt_bias), -exp(A_log), B, C) + D x; out_proj(norm(y, z)).
+    """
+
+    def __init__(self, config: Mamba2Config):
+        super().__init__()
+        self.config = config
+        cfg = config
+        self.in_proj = nn.Linear(cfg.d_model, cfg.in_proj_width, bias=cfg.bias)
+        self.conv1d = nn.Conv1d(
+            cfg.conv_dim,
+            cfg.conv_dim,
+            kernel_size=cfg.d_conv,
+            groups=cfg.conv_dim,
+            padding=cfg.d_conv - 1,
+            bias=cfg.conv_bias,
+        )
+        self.dt_bias = nn.Parameter(torch.empty(cfg.nheads))
+        self.A_log = nn.Parameter(torch.empty(cfg.nheads))
+        self.D = nn.Parameter(torch.empty(cfg.nheads))
+        self.norm = RMSNormGated(
+            cfg.d_inner, group_size=cfg.d_inner // cfg.ngroups, eps=cfg.norm_eps
+        )
+        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self):
+        """mamba_ssm's init: dt log-uniform in [dt_min, dt_max] (stored as inverse softplus),
+        A uniform in A_init_range (stored as log), D = 1."""
+        cfg = self.config
+        log_dt = torch.rand(cfg.nheads) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
+        dt = torch.exp(log_dt + math.log(cfg.dt_min)).clamp(min=cfg.dt_init_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log.copy_(torch.empty(cfg.nheads).uniform_(*cfg.A_init_range).log())
+        self.D.fill_(1.0)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states `(batch, time, d_model)` -> `(batch, time, d_model)`."""
+        cfg = self.config
+        batch, seqlen, _ = hidden_states.shape
+        zxbcdt = self.in_proj(hidden_states)  # (b, l, in_proj_width)
+        z, xBC, dt = zxbcdt.split([cfg.d_inner, cfg.conv_dim, cfg.nheads], dim=-1)
+        xBC = self.conv1d(xBC.transpose(1, 2))[..., :seqlen]  # causal: drop the look-ahead
+        xBC = F.silu(xBC.transpose(1, 2))  # (b, l, conv_dim)
+        x, B, C = xBC.split([cfg.d_inner, cfg.ngroups * cfg.d_state, cfg.ngroups * cfg.d_state], -1)
+        x = x.view(batch, seqlen, cfg.nheads, cfg.headdim)
+        B = B.view(batch, seqlen, cfg.ngroups, cfg.d_state)
+        C = C.view(batch, seqlen, cfg.ngroups, cfg.d_state)
+        A = -torch.exp(self.A_log.float())  # (h,)
+
+        backend = resolve_backend(cfg.backend, hidden_states.device, kind="mamba2")
+        if backend == "mamba_ssm":
+            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+            y = mamba_chunk_scan_combined(
+                x, dt, A, B, C, cfg.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True
+            )
+        else:
+            dt = F.softplus(dt + self.dt_bias)  # (b, l, h)
+            y = ssd_chunked(x, dt, A, B, C, cfg.torch_chunk_size)
+            y = y + x * self.D[:, None].to(x.dtype)  # (b, l, h, p)
+        y = self.norm(y.reshape(batch, seqlen, cfg.d_inner), z)
+        return self.out_proj(y)
