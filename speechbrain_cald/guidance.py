@@ -1,0 +1,334 @@
+"""Guidance strategies (docs/CALD_METHOD.md, section 2), one object per mode.
+
+A strategy answers three questions for the Brain: where the student starts
+(`init_student`), who the teacher is at optimizer step s (`teacher(s)`, None when
+there is none) and the loss weights at step s (`weights(s)`). `on_step_end` runs
+after every optimizer step (trajectory teacher update, std waypoint saving). Steps
+count completed optimizer steps: during the batch that makes step s + 1, s is the
+current step. Teachers live outside Brain.modules, run under no_grad in the mode set
+by `teacher_train_mode` (default eval; the reference runs them in train mode), and
+are frozen except for the trajectory teacher's own updates. A strategy's state is
+saved and restored by SpeechBrain's Checkpointer (it is one recoverable).
+
+Selected in YAML with ``!new:``, e.g.::
+
+    guidance: !new:speechbrain_cald.guidance.Target
+        teacher: !ref <std_folder>/best
+        student_config: !ref <student_config>
+        weights: !new:speechbrain_cald.losses.CALDLossWeights {kd: 1.0, ld: 15.0}
+"""
+
+import copy
+import dataclasses
+import functools
+import logging
+import os
+import re
+
+import speechbrain as sb
+import torch
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
+
+from speechbrain_cald.conversion import convert_to_student
+from speechbrain_cald.losses import CALDLossWeights
+
+logger = logging.getLogger(__name__)
+
+
+def waypoint_path(folder, step):
+    """Folder of the std waypoint saved after optimizer step `step`."""
+    return os.path.join(folder, f"step_{step}")
+
+
+@register_checkpoint_hooks
+class Guidance:
+    """Base strategy: student from `start`, no teacher, task loss only.
+
+    start: folder of the HF model (and heads) the student starts from.
+    student_config: a conversion.StudentConfig, or None to keep the transformer.
+    weights: CALDLossWeights (ignored, i.e. task only, by the unguided modes).
+    teacher_train_mode: run the teacher in train() mode (dropout) instead of eval().
+    """
+
+    def __init__(self, start, student_config=None, weights=None, teacher_train_mode=False):
+        self.start = start
+        self.student_config = student_config
+        self.loss_weights = weights if weights is not None else CALDLossWeights()
+        self.teacher_train_mode = teacher_train_mode
+        self.task = None
+        self.device = torch.device("cpu")
+
+    def init_student(self, task):
+        """Bind the task and build the student: (HF model, heads or None)."""
+        self.task = task
+        model, heads = task.load(self.start)
+        return self._convert(model), heads
+
+    def to(self, device):
+        """Device for the teachers this strategy loads or owns."""
+        self.device = torch.device(device)
+        return self
+
+    def teacher(self, step):
+        """(model, heads) of the teacher at `step`, or None."""
+        return None
+
+    def weights(self, step):
+        """CALDLossWeights at `step`."""
+        return self.loss_weights
+
+    def on_step_end(self, brain, batch, step):
+        """Called after optimizer step `step` (1-based) with the batch that made it."""
+
+    def state_dict(self):
+        """What a checkpoint must hold to resume this strategy exactly."""
+        return {}
+
+    def load_state_dict(self, state):
+        """Restore `state_dict()`."""
+
+    @mark_as_saver
+    def _save(self, path):
+        torch.save(self.state_dict(), path)
+
+    @mark_as_loader
+    def _load(self, path, end_of_epoch):
+        del end_of_epoch
+        self.load_state_dict(torch.load(path, map_location=self.device))
+
+    def _convert(self, model):
+        """Replace attention by lobes (a deep copy) unless no student config is set."""
+        if self.student_config is None:
+            return model
+        return convert_to_student(model, self.student_config)[0]  # the report is logged
+
+    def _load_teacher(self, folder):
+        """A frozen teacher (model, heads) from a folder written by `Task.save`."""
+        model, heads = self.task.load(folder)
+        return tuple(self._as_teacher(m) for m in (model, heads))
+
+    def _as_teacher(self, module):
+        if module is not None:
+            module.to(self.device).train(self.teacher_train_mode).requires_grad_(False)
+        return module
+
+
+class Std(Guidance):
+    """Plain fine-tuning of the transformer; saves waypoints for a waypoint run.
+
+    pretrained: HF folder. waypoint_folder / waypoint_every: save the model (and
+    heads) as `<waypoint_folder>/step_<s>/` after every `waypoint_every` optimizer
+    steps (None: no waypoints). Export the best model with `CALDBrain.export`.
+    """
+
+    def __init__(self, pretrained, waypoint_folder=None, waypoint_every=None):
+        super().__init__(pretrained)
+        self.waypoint_folder = waypoint_folder
+        self.waypoint_every = waypoint_every
+
+    def on_step_end(self, brain, batch, step):
+        if self.waypoint_every and step % self.waypoint_every == 0:
+            brain.export(waypoint_path(self.waypoint_folder, step))
+
+
+class Unguided(Guidance):
+    """Converted pretrained transformer, fine-tuned on the task loss alone."""
+
+    def __init__(self, pretrained, student_config=None):
+        super().__init__(pretrained, student_config)
+
+
+class Target(Guidance):
+    """Teacher: the fine-tuned transformer (a std run's export), frozen.
+
+    The student starts from the same fine-tuned model (heads included), converted.
+    """
+
+    def __init__(self, teacher, student_config=None, weights=None, teacher_train_mode=False):
+        super().__init__(teacher, student_config, weights, teacher_train_mode)
+        self.teacher_folder = teacher
+        self._teacher = None
+
+    def teacher(self, step):
+        if self._teacher is None:
+            self._teacher = self._load_teacher(self.teacher_folder)
+        return self._teacher
+
+
+class SrcInit(Target):
+    """Teacher as in Target; the student starts from the pretrained transformer."""
+
+    def __init__(
+        self, pretrained, teacher, student_config=None, weights=None, teacher_train_mode=False
+    ):
+        super().__init__(teacher, student_config, weights, teacher_train_mode)
+        self.start = pretrained
+
+
+class Trajectory(Guidance):
+    """Teacher: the pretrained transformer, fine-tuned alongside the student.
+
+    The teacher (and a copy of the student's initial heads) has its own optimizer
+    (`opt_class`: params -> optimizer) and takes one step on the task loss every
+    `update_every` student optimizer steps, on the batch of that step (under the
+    Brain's autocast; gradients are not clipped). The student distils from its
+    current, detached hidden states.
+    """
+
+    def __init__(
+        self,
+        pretrained,
+        opt_class,
+        update_every=1,
+        student_config=None,
+        weights=None,
+        teacher_train_mode=False,
+    ):
+        super().__init__(pretrained, student_config, weights, teacher_train_mode)
+        self.opt_class = opt_class
+        self.update_every = update_every
+        self.updates = 0
+
+    def init_student(self, task):
+        self.task = task
+        model, heads = task.load(self.start)
+        self.model, self.heads = copy.deepcopy(model), copy.deepcopy(heads)
+        self.model.train(self.teacher_train_mode)
+        self.optimizer = self.opt_class(list(self._parameters()))
+        return self._convert(model), heads
+
+    def _parameters(self):
+        for module in (self.model, self.heads):
+            if module is not None:
+                yield from module.parameters()
+
+    def to(self, device):
+        super().to(device)
+        for module in (self.model, self.heads):
+            if module is not None:
+                module.to(self.device)
+        return self
+
+    def teacher(self, step):
+        return self.model, self.heads
+
+    def on_step_end(self, brain, batch, step):
+        if step % self.update_every:
+            return
+        self.model.train()
+        with brain.training_ctx:
+            outputs = self.task.forward(self.model, batch, sb.Stage.TRAIN, self.heads)
+            loss = self.task.loss(outputs, batch)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.train(self.teacher_train_mode)
+        self.updates += 1
+
+    def state_dict(self):
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.heads is not None:
+            state["heads"] = self.heads.state_dict()
+        return {**state, "updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        if self.heads is not None:
+            self.heads.load_state_dict(state["heads"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = state["updates"]
+
+
+class Waypoint(Guidance):
+    """Teacher: the first std waypoint saved after the current step (the last after
+    the final one), from `<waypoint_folder>/step_<s>/`. Loaded lazily; one teacher is
+    kept in memory.
+    """
+
+    def __init__(
+        self,
+        pretrained,
+        waypoint_folder,
+        student_config=None,
+        weights=None,
+        teacher_train_mode=False,
+    ):
+        super().__init__(pretrained, student_config, weights, teacher_train_mode)
+        self.waypoint_folder = waypoint_folder
+        self.waypoint_step = None  # step of the waypoint that is (to be) the teacher
+        self._teacher = None
+
+    @functools.cached_property
+    def waypoint_steps(self):
+        """Sorted steps of the saved waypoints (read once: the std run is finished)."""
+        names = os.listdir(self.waypoint_folder) if os.path.isdir(self.waypoint_folder) else []
+        steps = sorted(int(m.group(1)) for m in map(re.compile(r"step_(\d+)$").match, names) if m)
+        if not steps:
+            raise FileNotFoundError(f"No step_<s> waypoints in {self.waypoint_folder}")
+        return steps
+
+    def teacher(self, step):
+        steps = self.waypoint_steps
+        wanted = next((s for s in steps if s > step), steps[-1])
+        if wanted != self.waypoint_step or self._teacher is None:
+            self._teacher = None  # free the previous teacher before loading the next
+            self._teacher = self._load_teacher(waypoint_path(self.waypoint_folder, wanted))
+            self.waypoint_step = wanted
+            logger.info("Waypoint teacher at step %d: step_%d", step, wanted)
+        return self._teacher
+
+    def state_dict(self):
+        return {"waypoint_step": self.waypoint_step}
+
+    def load_state_dict(self, state):
+        self.waypoint_step, self._teacher = state["waypoint_step"], None
+
+
+class Hybrid(Guidance):
+    """A guided mode whose L_LD (and, if `disable_kd`, L_KD) is off from `switch_step`.
+
+    Only the loss weights change; the student's optimizer and LR schedule continue.
+    """
+
+    def __init__(self, wrapped, switch_step, disable_kd=True):
+        super().__init__(wrapped.start)
+        self.wrapped = wrapped
+        self.switch_step = switch_step
+        self.disable_kd = disable_kd
+        self.switched = False
+
+    def init_student(self, task):
+        self.task = task
+        return self.wrapped.init_student(task)
+
+    def to(self, device):
+        super().to(device)
+        self.wrapped.to(device)
+        return self
+
+    def teacher(self, step):
+        return self.wrapped.teacher(step)
+
+    def weights(self, step):
+        weights = self.wrapped.weights(step)
+        if step < self.switch_step:
+            return weights
+        return dataclasses.replace(weights, ld=0.0, kd=0.0 if self.disable_kd else weights.kd)
+
+    def on_step_end(self, brain, batch, step):
+        if self.weights(step).guided:
+            self.wrapped.on_step_end(brain, batch, step)
+        if not self.switched and step >= self.switch_step:
+            self.switched = True
+            logger.info("Hybrid switch at step %d: weights now %s", step, self.weights(step))
+
+    def state_dict(self):
+        return {"wrapped": self.wrapped.state_dict(), "switched": self.switched}
+
+    def load_state_dict(self, state):
+        self.wrapped.load_state_dict(state["wrapped"])
+        self.switched = state["switched"]

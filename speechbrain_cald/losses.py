@@ -1,0 +1,80 @@
+"""Task-agnostic CALD distillation terms (docs/CALD_METHOD.md, section 1).
+
+Every term is masked: padded frames / tokens never contribute, whatever they hold.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def _masked_mean(per_item, mask):
+    """Sum `per_item` (batch, time) over valid positions / their count; mean if no mask."""
+    if mask is None:
+        return per_item.mean()
+    return per_item.where(mask, 0.0).sum() / mask.sum().clamp(min=1)
+
+
+def kd_loss(student_logits, teacher_logits, mask=None, temperature=2.0):
+    """KL(teacher || student) of the output distributions at `temperature`.
+
+    As in the reference: no temperature**2 factor. Logits are (batch, time, classes)
+    with `mask` (batch, time), True = valid, or utterance-level (batch, classes) with
+    `mask=None` (mean over the batch).
+    """
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
+    return _masked_mean(kl, mask)
+
+
+def layerwise_distillation_loss(
+    student_hidden, teacher_hidden, mask=None, layers=None, layer_norm=True
+):
+    """Hidden-state MSE per distilled layer, averaged over layers.
+
+    `student_hidden` / `teacher_hidden`: sequences of (batch, time, d) tensors as in
+    HF `hidden_states` (index 0 = embedding output). `layers`: indices distilled on
+    both sides, or a {student_index: teacher_index} map; default every index but 0
+    (the speech/LM form; the NLP reference includes 0 with `layer_norm=False`). Each
+    layer: optional parameter-free LayerNorm over features, MSE averaged over
+    features, summed over valid frames / their count.
+    """
+    if layers is None:
+        layers = range(1, len(teacher_hidden))
+    pairs = layers.items() if isinstance(layers, Mapping) else ((i, i) for i in layers)
+    terms = []
+    for i, j in pairs:
+        s, t = student_hidden[i].float(), teacher_hidden[j].float()
+        if layer_norm:
+            s = F.layer_norm(s, s.shape[-1:])
+            t = F.layer_norm(t, t.shape[-1:])
+        terms.append(_masked_mean(((s - t) ** 2).mean(-1), mask))
+    return torch.stack(terms).mean()
+
+
+@dataclass
+class CALDLossWeights:
+    """Weights of L = task * L_task + kd * L_KD + ld * L_LD."""
+
+    task: float = 1.0
+    kd: float = 0.0
+    ld: float = 0.0
+
+    @property
+    def guided(self):
+        """Whether a teacher is needed (any distillation weight non-zero)."""
+        return self.kd != 0 or self.ld != 0
+
+    def combine(self, task, kd=None, ld=None):
+        """Weighted total and the separate terms as a dict (task, kd, ld, total).
+
+        A term that is not computed (None) counts as 0.
+        """
+        zero = torch.zeros((), device=task.device)
+        kd = zero if kd is None else kd
+        ld = zero if ld is None else ld
+        total = self.task * task + self.kd * kd + self.ld * ld
+        return {"task": task, "kd": kd, "ld": ld, "total": total}

@@ -1,0 +1,305 @@
+"""Task objects: everything the Brain needs to know about one task.
+
+A task loads/saves the HF model (plus any heads that are not part of it), runs the
+forward pass, computes the task loss and keeps the metric. Batches are SpeechBrain
+``PaddedBatch`` objects; the keys each task reads are listed in its docstring.
+Speech input: ``sig`` = (wavs (batch, samples), relative lengths). Text input:
+``tokens`` = (ids (batch, tokens) right-padded, relative lengths).
+"""
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import transformers
+from speechbrain.dataio.batch import PaddedData
+from speechbrain.utils.metric_stats import ErrorRateStats, MetricStats
+
+from speechbrain_cald import conversion
+
+HEADS_FILE = "heads.pt"
+
+
+@dataclass
+class TaskOutputs:
+    """One forward pass: what the task loss and the distillation terms read.
+
+    logits: (batch, time, classes) per frame / token, (batch, classes) per utterance,
+    or a dict of the latter (one per head). hidden_states: HF ``hidden_states``
+    (index 0 = embedding output). mask: (batch, time) bool, True on valid frames of
+    the hidden states. logits_mask: the mask for per-frame logits, None for
+    utterance-level logits.
+    """
+
+    logits: object
+    hidden_states: tuple
+    mask: torch.Tensor
+    logits_mask: torch.Tensor = None
+
+
+def lengths_to_mask(rel_lens, max_len):
+    """(batch,) SpeechBrain relative lengths -> (batch, max_len) bool mask."""
+    abs_lens = torch.round(rel_lens * max_len).long()
+    return torch.arange(max_len, device=rel_lens.device) < abs_lens.unsqueeze(1)
+
+
+def _labels(batch, key):
+    """A per-utterance label key as a (batch,) LongTensor (ints or padded tensors)."""
+    value = getattr(batch, key)
+    value = value.data if isinstance(value, PaddedData) else value
+    return torch.as_tensor(value).view(-1).long()
+
+
+def _accuracy(predict, target):
+    """Per-utterance 0/1 correctness; all heads must be right for stacked labels."""
+    correct = predict == target
+    return (correct.all(-1) if correct.dim() > 1 else correct).float()
+
+
+class Task:
+    """Base task: loading/saving and the shared speech / text forward passes."""
+
+    auto_class = transformers.AutoModel
+
+    def make_heads(self, config):
+        """Trainable modules outside the HF model (None when the model has its head)."""
+        return None
+
+    def load(self, folder):
+        """(model, heads) from a folder written by `save` or an HF checkpoint.
+
+        A converted student (its config has `cald_student`) is rebuilt by conversion.
+        """
+        if getattr(transformers.AutoConfig.from_pretrained(folder), "cald_student", None):
+            model = conversion.from_pretrained(folder)
+        else:
+            model = self.auto_class.from_pretrained(folder)
+        heads = self.make_heads(model.config)
+        heads_path = os.path.join(folder, HEADS_FILE)
+        if heads is not None and os.path.exists(heads_path):
+            heads.load_state_dict(torch.load(heads_path, map_location="cpu"))
+        return model, heads
+
+    def save(self, folder, model, heads=None):
+        """HF `save_pretrained` folder, heads beside it as `heads.pt`."""
+        model.save_pretrained(folder)
+        if heads is not None:
+            torch.save(heads.state_dict(), os.path.join(folder, HEADS_FILE))
+
+    def forward(self, model, batch, stage, heads=None):
+        """Run `model` (and `heads`) on `batch` -> TaskOutputs."""
+        raise NotImplementedError
+
+    def loss(self, outputs, batch):
+        """Task loss (scalar) of `outputs` against the batch's targets."""
+        raise NotImplementedError
+
+    def metrics(self):
+        """Fresh metric accumulators (a dict) for one evaluation stage."""
+        raise NotImplementedError
+
+    def update_metrics(self, metrics, outputs, batch):
+        """Add one batch to the accumulators from `metrics()`."""
+        raise NotImplementedError
+
+    def summarize(self, metrics):
+        """Stage metric values as a dict of floats."""
+        raise NotImplementedError
+
+    @staticmethod
+    def speech_forward(model, batch):
+        """HF speech model on ``batch.sig`` -> (HF output, valid-frame mask)."""
+        wavs, lens = batch.sig
+        sample_mask = lengths_to_mask(lens, wavs.shape[1])
+        out = model(wavs, attention_mask=sample_mask.long(), output_hidden_states=True)
+        n_frames = model._get_feat_extract_output_lengths(sample_mask.sum(1))
+        time = out.hidden_states[-1].shape[1]
+        mask = torch.arange(time, device=wavs.device) < n_frames.unsqueeze(1)
+        return out, mask
+
+    @staticmethod
+    def text_forward(model, batch):
+        """HF text model on ``batch.tokens`` -> (HF output, valid-token mask)."""
+        ids, lens = batch.tokens
+        mask = lengths_to_mask(lens, ids.shape[1])
+        out = model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
+        return out, mask
+
+
+class CTCASR(Task):
+    """CTC speech recognition with an HF ``*ForCTC`` model, greedy decoding.
+
+    Batch keys: ``id``, ``sig``, ``tokens`` (label ids, blank excluded), ``words``
+    (reference transcript strings). `vocab`: index -> token string;
+    `word_delimiter`: the token that separates words.
+    """
+
+    auto_class = transformers.AutoModelForCTC
+
+    def __init__(self, vocab, blank_index=0, word_delimiter="|"):
+        self.vocab = list(vocab)
+        self.blank_index = blank_index
+        self.word_delimiter = word_delimiter
+
+    def forward(self, model, batch, stage, heads=None):
+        out, mask = self.speech_forward(model, batch)
+        return TaskOutputs(out.logits, out.hidden_states, mask, logits_mask=mask)
+
+    def loss(self, outputs, batch):
+        targets, target_lens = batch.tokens
+        log_probs = F.log_softmax(outputs.logits.float(), dim=-1).transpose(0, 1)
+        return F.ctc_loss(
+            log_probs,
+            targets,
+            outputs.mask.sum(1),
+            torch.round(target_lens * targets.shape[1]).long(),
+            blank=self.blank_index,
+            zero_infinity=True,
+        )
+
+    def decode(self, outputs):
+        """Greedy CTC: best path, repeats merged, blanks dropped -> word lists."""
+        hyps = []
+        for path, n in zip(outputs.logits.argmax(-1), outputs.mask.sum(1)):
+            ids = torch.unique_consecutive(path[:n]).tolist()
+            text = "".join(self.vocab[i] for i in ids if i != self.blank_index)
+            hyps.append(text.split(self.word_delimiter) if text else [])
+        return [[w for w in hyp if w] for hyp in hyps]
+
+    def metrics(self):
+        return {"WER": ErrorRateStats(), "CER": ErrorRateStats(split_tokens=True)}
+
+    def update_metrics(self, metrics, outputs, batch):
+        hyps = self.decode(outputs)
+        refs = [words.split() for words in batch.words]
+        for stats in metrics.values():
+            stats.append(batch.id, hyps, refs)
+
+    def summarize(self, metrics):
+        return {name: stats.summarize("error_rate") for name, stats in metrics.items()}
+
+
+class UtteranceClassification(Task):
+    """Masked mean pooling of the last hidden state -> one linear head per label.
+
+    `heads`: {batch key: number of classes}, e.g. {"scenario": 18, "action": 46} or
+    {"speaker": 1251}. Batch keys: ``id``, ``sig``, and each head's label key.
+    Loss: CE averaged over heads. Metrics: accuracy per head, their mean, and joint
+    accuracy (all heads right).
+    """
+
+    def __init__(self, heads):
+        self.head_sizes = dict(heads)
+
+    def make_heads(self, config):
+        return torch.nn.ModuleDict(
+            {k: torch.nn.Linear(config.hidden_size, n) for k, n in self.head_sizes.items()}
+        )
+
+    def forward(self, model, batch, stage, heads=None):
+        out, mask = self.speech_forward(model, batch)
+        weights = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+        pooled = (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp(min=1)
+        logits = {k: head(pooled) for k, head in heads.items()}
+        return TaskOutputs(logits, out.hidden_states, mask)
+
+    def loss(self, outputs, batch):
+        losses = [F.cross_entropy(v.float(), _labels(batch, k)) for k, v in outputs.logits.items()]
+        return torch.stack(losses).mean()
+
+    def metrics(self):
+        return {k: MetricStats(metric=_accuracy) for k in [*self.head_sizes, "joint"]}
+
+    def update_metrics(self, metrics, outputs, batch):
+        preds = {k: v.argmax(-1) for k, v in outputs.logits.items()}
+        labels = {k: _labels(batch, k) for k in preds}
+        for k in preds:
+            metrics[k].append(batch.id, preds[k], labels[k])
+        metrics["joint"].append(
+            batch.id, torch.stack(list(preds.values()), -1), torch.stack(list(labels.values()), -1)
+        )
+
+    def summarize(self, metrics):
+        accs = {f"{k}_acc": metrics[k].summarize("average") for k in self.head_sizes}
+        return {
+            **accs,
+            "acc": sum(accs.values()) / len(accs),
+            "joint_acc": metrics["joint"].summarize("average"),
+        }
+
+
+class SequenceClassification(Task):
+    """Text classification with an HF ``*ForSequenceClassification`` model.
+
+    Batch keys: ``id``, ``tokens``, ``label``. Metric: accuracy.
+    """
+
+    auto_class = transformers.AutoModelForSequenceClassification
+
+    def forward(self, model, batch, stage, heads=None):
+        out, mask = self.text_forward(model, batch)
+        return TaskOutputs(out.logits, out.hidden_states, mask)
+
+    def loss(self, outputs, batch):
+        return F.cross_entropy(outputs.logits.float(), _labels(batch, "label"))
+
+    def metrics(self):
+        return {"acc": MetricStats(metric=_accuracy)}
+
+    def update_metrics(self, metrics, outputs, batch):
+        metrics["acc"].append(batch.id, outputs.logits.argmax(-1), _labels(batch, "label"))
+
+    def summarize(self, metrics):
+        return {"acc": metrics["acc"].summarize("average")}
+
+
+class PerplexityStats:
+    """Token-weighted perplexity: exp(total NLL / total predicted tokens)."""
+
+    def __init__(self):
+        self.nll, self.count = 0.0, 0
+
+    def append(self, nll_sum, count):
+        self.nll += float(nll_sum)
+        self.count += int(count)
+
+    def summarize(self):
+        return math.exp(self.nll / max(self.count, 1))
+
+
+class CausalLM(Task):
+    """Next-token prediction with an HF ``*ForCausalLM`` model; padding masked.
+
+    Batch keys: ``id``, ``tokens``. Metric: perplexity.
+    """
+
+    auto_class = transformers.AutoModelForCausalLM
+
+    def forward(self, model, batch, stage, heads=None):
+        out, mask = self.text_forward(model, batch)
+        return TaskOutputs(out.logits, out.hidden_states, mask, logits_mask=mask)
+
+    @staticmethod
+    def _token_nll(outputs, batch):
+        """(NLL summed over predicted tokens, number of predicted tokens)."""
+        ids = batch.tokens.data
+        valid = outputs.mask[:, 1:]
+        nll = F.cross_entropy(
+            outputs.logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none"
+        )
+        return nll.where(valid, 0.0).sum(), valid.sum()
+
+    def loss(self, outputs, batch):
+        nll, count = self._token_nll(outputs, batch)
+        return nll / count.clamp(min=1)
+
+    def metrics(self):
+        return {"ppl": PerplexityStats()}
+
+    def update_metrics(self, metrics, outputs, batch):
+        metrics["ppl"].append(*self._token_nll(outputs, batch))
+
+    def summarize(self, metrics):
+        return {"ppl": metrics["ppl"].summarize()}

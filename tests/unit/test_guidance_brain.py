@@ -1,0 +1,354 @@
+"""CALDBrain with every guidance mode on a tiny Wav2Vec2ForCTC (CPU, a few steps).
+
+Each mode does what it claims (teacher identity per step, loss weights), checkpoints
+resume exactly, and a layer mismatch fails at fit start with a clear error.
+"""
+
+import pytest
+import speechbrain as sb
+import torch
+import transformers
+from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.nnet.schedulers import WarmAndExpDecayLRSchedule
+from speechbrain.utils.checkpoints import Checkpointer
+
+from speechbrain_cald import guidance as g
+from speechbrain_cald.brain import CALDBrain
+from speechbrain_cald.conversion import StudentConfig
+from speechbrain_cald.losses import CALDLossWeights
+from speechbrain_cald.tasks import CTCASR, CausalLM, SequenceClassification, UtteranceClassification
+
+VOCAB = ["<blank>", "|", "a", "b", "c", "d", "e", "f"]
+GUIDED = CALDLossWeights(task=1.0, kd=1.0, ld=15.0)
+# d_state 7: in_proj width 2*16 + 2*7 + 2 = 48, a multiple of 8 (no mamba-ssm warning).
+STUDENT = StudentConfig(mixer_config={"d_state": 7, "headdim": 8, "chunk_size": 16})
+
+
+def tiny_config(layers=2):
+    return transformers.Wav2Vec2Config(
+        vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=32, conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8),
+        feat_extract_norm="layer", num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
+        hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+        layerdrop=0.0, mask_time_prob=0.0, final_dropout=0.0, pad_token_id=0,
+    )  # fmt: skip
+
+
+def save_model(folder, layers=2, seed=0, cls=transformers.Wav2Vec2ForCTC):
+    torch.manual_seed(seed)
+    cls(tiny_config(layers)).save_pretrained(folder)
+    return str(folder)
+
+
+def make_batches(n, seed=1, labels=False):
+    """n batches of 2 random utterances of different lengths (the second padded)."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for b in range(n):
+        items = []
+        for u, samples in enumerate((1600, 1200)):
+            item = {
+                "id": f"b{b}u{u}",
+                "sig": torch.randn(samples, generator=gen),
+                "tokens": torch.randint(1, len(VOCAB), (5,), generator=gen),
+                "words": "ab cd",
+            }
+            if labels:
+                item.update(
+                    a=int(torch.randint(3, (1,), generator=gen)),
+                    b=int(torch.randint(4, (1,), generator=gen)),
+                )
+            items.append(item)
+        batches.append(PaddedBatch(items))
+    return batches
+
+
+def as_loader(batches):
+    """A DataLoader yielding the ready-made PaddedBatches, for Brain.fit / evaluate."""
+    return torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda batch: batch)
+
+
+def make_brain(guidance, tmp_path, task=None, run_opts=None, **hparams):
+    hparams = {
+        "task": task or CTCASR(VOCAB),
+        "guidance": guidance,
+        "lr_scheduler": WarmAndExpDecayLRSchedule(lr=1e-3, n_warmup_steps=2, total_steps=20),
+        "epoch_counter": sb.utils.epoch_loop.EpochCounter(1),
+        **hparams,
+    }
+    return CALDBrain(
+        opt_class=lambda params: torch.optim.AdamW(params, lr=1e-3),
+        hparams=hparams,
+        run_opts={"device": "cpu", "noprogressbar": True, **(run_opts or {})},
+        checkpointer=Checkpointer(tmp_path / "ckpt"),
+    )
+
+
+def train(brain, batches, on_step=None):
+    """Brain.fit_batch over `batches` as `_fit_train` drives it; returns the losses."""
+    brain.modules.train()
+    brain.on_stage_start(sb.Stage.TRAIN)
+    losses = []
+    for batch in batches:
+        brain.step += 1
+        losses.append(brain.fit_batch(batch).item())
+        if on_step:
+            on_step(brain)
+    return losses
+
+
+def flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A 'pretrained' model, a 'fine-tuned' teacher and std waypoints at steps 2 and 4."""
+    root = tmp_path_factory.mktemp("models")
+    waypoints = root / "waypoints"
+    for step, seed in ((2, 12), (4, 14)):
+        save_model(g.waypoint_path(waypoints, step), seed=seed)
+    return {
+        "pretrained": save_model(root / "pretrained", seed=0),
+        "finetuned": save_model(root / "finetuned", seed=1),
+        "deeper": save_model(root / "deeper", layers=3, seed=2),
+        "waypoints": str(waypoints),
+    }
+
+
+MODES = {
+    "std": lambda f, tmp: g.Std(f["pretrained"], str(tmp / "wp"), 2),
+    "unguided": lambda f, tmp: g.Unguided(f["pretrained"], STUDENT),
+    "target": lambda f, tmp: g.Target(f["finetuned"], STUDENT, GUIDED),
+    "src_init": lambda f, tmp: g.SrcInit(f["pretrained"], f["finetuned"], STUDENT, GUIDED),
+    "trajectory": lambda f, tmp: g.Trajectory(
+        f["pretrained"], lambda p: torch.optim.AdamW(p, lr=1e-2), 2, STUDENT, GUIDED
+    ),
+    "waypoint": lambda f, tmp: g.Waypoint(f["pretrained"], f["waypoints"], STUDENT, GUIDED),
+    "hybrid": lambda f, tmp: g.Hybrid(MODES["trajectory"](f, tmp), switch_step=4),
+}
+
+
+def test_std_saves_waypoints_and_exports_a_teacher(folders, tmp_path):
+    brain = make_brain(MODES["std"](folders, tmp_path), tmp_path)
+    brain.on_fit_start()
+    train(brain, make_batches(4))
+    assert sorted(p.name for p in (tmp_path / "wp").iterdir()) == ["step_2", "step_4"]
+    assert brain.step_terms["kd"] == brain.step_terms["ld"] == 0.0
+    brain.export(tmp_path / "best")
+    model, _ = CTCASR(VOCAB).load(tmp_path / "best")
+    assert torch.equal(flat(model), flat(brain.modules.student))
+    assert torch.equal(flat(CTCASR(VOCAB).load(tmp_path / "wp/step_4")[0]), flat(model))
+
+
+def test_gradient_accumulation_counts_optimizer_steps(folders, tmp_path):
+    guidance = g.Std(folders["pretrained"], str(tmp_path / "wp"), waypoint_every=1)
+    brain = make_brain(guidance, tmp_path, run_opts={"grad_accumulation_factor": 2})
+    brain.on_fit_start()
+    train(brain, make_batches(4))
+    assert brain.optimizer_step == brain.hparams.lr_scheduler.current_step == 2
+    assert sorted(p.name for p in (tmp_path / "wp").iterdir()) == ["step_1", "step_2"]
+
+
+def test_target_teacher_is_frozen_and_the_same_every_step(folders, tmp_path):
+    brain = make_brain(MODES["target"](folders, tmp_path), tmp_path)
+    brain.on_fit_start()
+    teacher, _ = brain.guidance.teacher(0)
+    reference = flat(CTCASR(VOCAB).load(folders["finetuned"])[0])
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert all(teacher is not m for m in brain.modules.modules())
+
+    def check(brain):
+        assert brain.guidance.teacher(brain.optimizer_step)[0] is teacher
+        assert torch.equal(flat(teacher), reference)
+
+    train(brain, make_batches(3), check)
+    assert brain.step_terms["kd"] > 0 and brain.step_terms["ld"] > 0
+
+
+def test_trajectory_teacher_changes_every_update_steps_only(folders, tmp_path):
+    brain = make_brain(MODES["trajectory"](folders, tmp_path), tmp_path)
+    brain.on_fit_start()
+    snapshots = [flat(brain.guidance.model)]
+    train(brain, make_batches(4), lambda b: snapshots.append(flat(b.guidance.model)))
+    changed = [not torch.equal(a, b) for a, b in zip(snapshots, snapshots[1:])]
+    assert changed == [False, True, False, True]  # update_every = 2
+    assert brain.guidance.updates == 2
+    assert not brain.guidance.model.training  # back to the teacher mode (eval)
+
+
+def test_waypoint_teacher_is_the_next_saved_checkpoint(folders, tmp_path):
+    brain = make_brain(MODES["waypoint"](folders, tmp_path), tmp_path)
+    brain.on_fit_start()
+    used = []
+    wp_model = {
+        s: flat(CTCASR(VOCAB).load(g.waypoint_path(folders["waypoints"], s))[0]) for s in (2, 4)
+    }
+
+    def record(brain):
+        used.append(brain.guidance.waypoint_step)
+        assert torch.equal(flat(brain.guidance._teacher[0]), wp_model[used[-1]])
+
+    train(brain, make_batches(6), record)
+    # Student steps s = 0..5 (before each batch): s < 2 -> step_2, s < 4 -> step_4, then the last.
+    assert used == [2, 2, 4, 4, 4, 4]
+
+
+def test_hybrid_switches_off_ld_and_kd_and_keeps_the_optimizer(folders, tmp_path):
+    brain = make_brain(MODES["hybrid"](folders, tmp_path), tmp_path)
+    brain.on_fit_start()
+    optimizer = brain.optimizer
+    terms = []
+    train(brain, make_batches(6), lambda b: terms.append(dict(b.step_terms)))
+    assert all(t["ld"] > 0 and t["kd"] > 0 for t in terms[:4])
+    assert all(t["ld"] == 0 and t["kd"] == 0 for t in terms[4:])
+    # Trajectory updates (every 2 steps) at step 2 only: after step 4 no one reads the teacher.
+    assert brain.guidance.switched and brain.guidance.wrapped.updates == 1
+    assert brain.optimizer is optimizer
+    assert all(s["step"].item() == 6 for s in optimizer.state.values())
+    assert brain.hparams.lr_scheduler.current_step == 6
+    assert brain.compute_forward(make_batches(1)[0], sb.Stage.TRAIN)[1] is None  # no teacher
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kill_and_resume_repeats_the_next_step(mode, folders, tmp_path):
+    """Checkpoint after step 3; steps 4 and 5 (a trajectory update and the hybrid
+    switch fall between them) must repeat the uninterrupted run."""
+    batches = make_batches(5)
+    first = make_brain(MODES[mode](folders, tmp_path / "a"), tmp_path)
+    first.on_fit_start()
+    train(first, batches[:3])
+    first.checkpointer.save_checkpoint()
+    expected = train(first, batches[3:])
+
+    torch.manual_seed(123)  # a fresh build draws different random weights
+    resumed = make_brain(MODES[mode](folders, tmp_path / "b"), tmp_path)
+    resumed.on_fit_start()
+    assert resumed.optimizer_step == 3
+    assert train(resumed, batches[3:]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_layer_mismatch_fails_at_fit_start(folders, tmp_path):
+    brain = make_brain(g.SrcInit(folders["pretrained"], folders["deeper"], None, GUIDED), tmp_path)
+    with pytest.raises(ValueError, match="layer count: student 2 vs teacher 3"):
+        brain.on_fit_start()
+    brain = make_brain(
+        g.SrcInit(folders["pretrained"], folders["deeper"], None, GUIDED),
+        tmp_path,
+        distill_layers={1: 1, 2: 5},
+    )
+    with pytest.raises(ValueError, match="layer map"):
+        brain.on_fit_start()
+
+
+def test_fit_utterance_classification_reports_terms_and_metrics(tmp_path):
+    teacher = save_model(tmp_path / "teacher", cls=transformers.Wav2Vec2Model)
+    task = UtteranceClassification({"a": 3, "b": 4})
+    brain = make_brain(g.Target(teacher, STUDENT, GUIDED), tmp_path, task=task)
+    train_set, valid_set = make_batches(2, labels=True), make_batches(1, seed=2, labels=True)
+    brain.fit(brain.hparams.epoch_counter, as_loader(train_set), as_loader(valid_set))
+    train_stats, valid_stats = brain.train_stats, brain.last_stage_stats
+    assert set(train_stats) == {"task", "kd", "ld", "total"} and train_stats["kd"] > 0
+    assert valid_stats["kd"] == valid_stats["ld"] == 0.0  # no teacher outside training
+    assert {"a_acc", "b_acc", "acc", "joint_acc"} <= set(valid_stats)
+    assert brain.checkpointer.find_checkpoint(min_key="total") is not None
+
+
+def test_ctc_metrics_from_evaluation(folders, tmp_path):
+    brain = make_brain(MODES["std"](folders, tmp_path), tmp_path)
+    brain.evaluate(as_loader(make_batches(1)), progressbar=False)
+    assert {"WER", "CER", "task", "total"} <= set(brain.last_stage_stats)
+    assert brain.last_stage_stats["WER"] >= 0
+
+
+def text_batch(ids_list, labels=None):
+    items = [{"id": str(i), "tokens": torch.tensor(ids)} for i, ids in enumerate(ids_list)]
+    for item, label in zip(items, labels or []):
+        item["label"] = label
+    return PaddedBatch(items)
+
+
+def test_causal_lm_padding_content_changes_nothing():
+    torch.manual_seed(0)
+    config = transformers.GPTNeoXConfig(
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    model = transformers.GPTNeoXForCausalLM(config).eval()
+    task = CausalLM()
+    batch = text_batch([[3, 4, 5, 6, 7], [8, 9, 10]])
+    garbage = text_batch([[3, 4, 5, 6, 7], [8, 9, 10, 31, 30]])
+    garbage.tokens.lengths[:] = batch.tokens.lengths
+    with torch.no_grad():
+        losses = [task.loss(task.forward(model, b, sb.Stage.VALID), b) for b in (batch, garbage)]
+        metrics = task.metrics()
+        task.update_metrics(metrics, task.forward(model, batch, sb.Stage.VALID), batch)
+    assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5)
+    assert task.summarize(metrics)["ppl"] == pytest.approx(losses[0].exp().item(), rel=1e-5)
+
+
+def test_sequence_classification_target_mode_with_a_linformer_student(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.RobertaConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=40, num_labels=3,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    transformers.RobertaForSequenceClassification(config).save_pretrained(tmp_path / "teacher")
+    student = StudentConfig(mixer_config={"k": 8})
+    brain = make_brain(
+        g.Target(str(tmp_path / "teacher"), student, GUIDED),
+        tmp_path,
+        task=SequenceClassification(),
+    )
+    batches = [text_batch([[0, 5, 6, 7, 2], [0, 8, 2]], labels=[1, 2]) for _ in range(2)]
+    brain.fit(brain.hparams.epoch_counter, as_loader(batches), as_loader(batches[:1]))
+    assert brain.train_stats["ld"] > 0 and 0 <= brain.last_stage_stats["acc"] <= 1
+
+
+HPARAMS = """
+pretrained: !PLACEHOLDER
+save_folder: !PLACEHOLDER
+student_config: !new:speechbrain_cald.conversion.StudentConfig
+    mixer: bimamba2
+    mixer_config: {d_state: 7, headdim: 8, chunk_size: 16}
+task: !new:speechbrain_cald.tasks.CTCASR
+    vocab: ["<blank>", "|", a, b, c, d, e, f]
+guidance: !new:speechbrain_cald.guidance.Hybrid
+    wrapped: !new:speechbrain_cald.guidance.Trajectory
+        pretrained: !ref <pretrained>
+        opt_class: !name:torch.optim.AdamW {lr: 0.001}
+        update_every: 2
+        student_config: !ref <student_config>
+        weights: !new:speechbrain_cald.losses.CALDLossWeights {kd: 1.0, ld: 15.0}
+    switch_step: 4
+opt_class: !name:torch.optim.AdamW {lr: 0.0003, weight_decay: 0.005}
+lr_scheduler: !new:speechbrain.nnet.schedulers.WarmAndExpDecayLRSchedule
+    lr: 0.0003
+    n_warmup_steps: 5000
+    total_steps: 80000
+    decay_factor: 0.005
+epoch_counter: !new:speechbrain.utils.epoch_loop.EpochCounter {limit: 1}
+checkpointer: !new:speechbrain.utils.checkpoints.Checkpointer
+    checkpoints_dir: !ref <save_folder>/ckpt
+"""
+
+
+def test_yaml_selects_task_and_mode(folders, tmp_path):
+    from hyperpyyaml import load_hyperpyyaml
+
+    overrides = {"pretrained": folders["pretrained"], "save_folder": str(tmp_path)}
+    hparams = load_hyperpyyaml(HPARAMS, overrides)
+    brain = CALDBrain(
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts={"device": "cpu", "noprogressbar": True},
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.on_fit_start()
+    train(brain, make_batches(1))
+    assert isinstance(brain.guidance.wrapped, g.Trajectory)
+    assert brain.step_terms["ld"] > 0 and "guidance" in brain.checkpointer.recoverables
