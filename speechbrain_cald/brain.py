@@ -171,12 +171,12 @@ class CALDBrain(sb.core.Brain):
                 self.checkpointer.save_and_keep_only(
                     meta={**stats, **meta},
                     num_to_keep=getattr(self.hparams, "ckpt_num_to_keep", 1),
-                    **self._ckpt_keys(),
+                    **self.ckpt_keys(),
                 )
         elif train_logger is not None:
             train_logger.log_stats({"step": self.optimizer_step}, test_stats=stats)
 
-    def _ckpt_keys(self):
+    def ckpt_keys(self):
         """min_keys / max_keys for the best checkpoint (default: lowest loss)."""
         max_key = getattr(self.hparams, "ckpt_max_key", None)
         if max_key is not None:

@@ -16,6 +16,8 @@ Selected in YAML with ``!new:``, e.g.::
         teacher: !ref <std_folder>/best
         student_config: !ref <student_config>
         weights: !new:speechbrain_cald.losses.CALDLossWeights {kd: 1.0, ld: 15.0}
+
+or, in the recipes, with `from_mode` (one YAML, the mode as an override).
 """
 
 import copy
@@ -332,3 +334,50 @@ class Hybrid(Guidance):
     def load_state_dict(self, state):
         self.wrapped.load_state_dict(state["wrapped"])
         self.switched = state["switched"]
+
+
+MODES = ("std", "unguided", "target", "src_init", "trajectory", "waypoint")
+
+
+def from_mode(
+    mode,
+    pretrained,
+    student_config=None,
+    weights=None,
+    teacher_folder=None,
+    waypoint_folder=None,
+    waypoint_every=None,
+    trajectory_opt_class=None,
+    trajectory_update_every=1,
+    hybrid_switch_step=None,
+    hybrid_disable_kd=True,
+    teacher_train_mode=False,
+):
+    """The strategy for `mode`, so that a recipe switches modes by overriding keys.
+
+    mode: one of MODES. std saves waypoints into `waypoint_folder` (every
+    `waypoint_every` steps); waypoint reads them from there. target / src_init read
+    the std export in `teacher_folder`; trajectory fine-tunes its teacher with
+    `trajectory_opt_class` every `trajectory_update_every` steps. A set
+    `hybrid_switch_step` wraps the (guided) mode in Hybrid.
+    """
+    guided = {"student_config": student_config, "weights": weights}
+    guided["teacher_train_mode"] = teacher_train_mode
+    builders = {
+        "std": lambda: Std(pretrained, waypoint_folder, waypoint_every),
+        "unguided": lambda: Unguided(pretrained, student_config),
+        "target": lambda: Target(teacher_folder, **guided),
+        "src_init": lambda: SrcInit(pretrained, teacher_folder, **guided),
+        "trajectory": lambda: Trajectory(
+            pretrained, trajectory_opt_class, trajectory_update_every, **guided
+        ),
+        "waypoint": lambda: Waypoint(pretrained, waypoint_folder, **guided),
+    }
+    if mode not in builders:
+        raise ValueError(f"unknown guidance mode {mode!r}; use one of {MODES}")
+    strategy = builders[mode]()
+    if hybrid_switch_step is None:
+        return strategy
+    if mode in ("std", "unguided"):
+        raise ValueError(f"hybrid_switch_step needs a guided mode, not {mode!r}")
+    return Hybrid(strategy, hybrid_switch_step, hybrid_disable_kd)

@@ -62,6 +62,8 @@ class Task:
     """Base task: loading/saving and the shared speech / text forward passes."""
 
     auto_class = transformers.AutoModel
+    # Speech tasks: freeze the CNN feature encoder of every model loaded (ref).
+    freeze_feature_encoder = False
 
     def make_heads(self, config):
         """Trainable modules outside the HF model (None when the model has its head)."""
@@ -76,6 +78,8 @@ class Task:
             model = conversion.from_pretrained(folder)
         else:
             model = self.auto_class.from_pretrained(folder)
+        if self.freeze_feature_encoder:
+            model.freeze_feature_encoder()
         heads = self.make_heads(model.config)
         heads_path = os.path.join(folder, HEADS_FILE)
         if heads is not None and os.path.exists(heads_path):
@@ -133,15 +137,17 @@ class CTCASR(Task):
 
     Batch keys: ``id``, ``sig``, ``tokens`` (label ids, blank excluded), ``words``
     (reference transcript strings). `vocab`: index -> token string;
-    `word_delimiter`: the token that separates words.
+    `word_delimiter`: the token that separates words; `freeze_feature_encoder`: see
+    `Task`.
     """
 
     auto_class = transformers.AutoModelForCTC
 
-    def __init__(self, vocab, blank_index=0, word_delimiter="|"):
+    def __init__(self, vocab, blank_index=0, word_delimiter="|", freeze_feature_encoder=False):
         self.vocab = list(vocab)
         self.blank_index = blank_index
         self.word_delimiter = word_delimiter
+        self.freeze_feature_encoder = freeze_feature_encoder
 
     def forward(self, model, batch, stage, heads=None):
         out, mask = self.speech_forward(model, batch)
@@ -187,11 +193,12 @@ class UtteranceClassification(Task):
     `heads`: {batch key: number of classes}, e.g. {"scenario": 18, "action": 46} or
     {"speaker": 1251}. Batch keys: ``id``, ``sig``, and each head's label key.
     Loss: CE averaged over heads. Metrics: accuracy per head, their mean, and joint
-    accuracy (all heads right).
+    accuracy (all heads right). `freeze_feature_encoder`: see `Task`.
     """
 
-    def __init__(self, heads):
+    def __init__(self, heads, freeze_feature_encoder=False):
         self.head_sizes = dict(heads)
+        self.freeze_feature_encoder = freeze_feature_encoder
 
     def make_heads(self, config):
         return torch.nn.ModuleDict(
@@ -267,6 +274,12 @@ class PerplexityStats:
 
     def summarize(self):
         return math.exp(self.nll / max(self.count, 1))
+
+    def write_stats(self, filestream):
+        """Totals and perplexity, as the other metric stats write theirs."""
+        filestream.write(
+            f"tokens: {self.count}\nnll: {self.nll:.4f}\nppl: {self.summarize():.4f}\n"
+        )
 
 
 class CausalLM(Task):

@@ -1,0 +1,128 @@
+"""Smoke tests of the speech recipes on the tiny fixture corpora (SpeechBrain style).
+
+Each row of recipes.csv is one recipe YAML with the flags that make it tiny. A row
+runs its workflow as subprocesses, `python train.py <yaml> --data_folder ...`:
+std (the teacher and waypoints) -> every CALD mode -> test evaluation, and each run
+must write its metric files. The `slow` test trains on the learnable fixture.
+"""
+
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes.csv")
+with open(TABLE, newline="", encoding="utf-8") as f:
+    ROWS = list(csv.DictReader(f))
+# (run name, flags) after std; hybrid = target with L_LD / L_KD off from step 2
+MODES = [
+    ("target", ["--mode", "target"]),
+    ("src_init", ["--mode", "src_init"]),
+    ("waypoint", ["--mode", "waypoint"]),
+    ("trajectory", ["--mode", "trajectory"]),
+    ("hybrid", ["--mode", "target", "--hybrid_switch_step", "2", "--run_name", "hybrid"]),
+    ("unguided", ["--mode", "unguided"]),
+]
+
+
+def fixtures(out, size):
+    """Fixture corpora (all three, `--synth tones`) under `out`."""
+    subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "make_fixtures.py"), "--out", str(out)]
+        + ["--corpus", "all", "--size", size, "--synth", "tones"],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    return fixtures(tmp_path_factory.mktemp("fixtures"), "tiny")
+
+
+def train(row, data, output_root, flags=(), extra=None):
+    """One `train.py` run of a recipe row; returns (test metrics, seconds)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    cmd = [sys.executable, "train.py", row["Hparam_file"]]
+    cmd += ["--data_folder", os.path.join(data, row["Fixture_root"])]
+    cmd += ["--output_root", str(output_root), "--device", "cpu", "--noprogressbar"]
+    cmd += shlex.split(extra if extra is not None else row["test_flags"]) + list(flags)
+    start = time.time()
+    result = subprocess.run(
+        cmd, cwd=os.path.join(ROOT, "recipes", row["Recipe"]), env=env, capture_output=True
+    )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    return time.time() - start
+
+
+def metrics(output_root, run_name, seed="1986"):
+    """The metric files of one run: test_metrics.json (loaded) and train_log.txt."""
+    folder = os.path.join(output_root, run_name, seed)
+    assert os.path.isfile(os.path.join(folder, "train_log.txt"))
+    assert os.path.isfile(os.path.join(folder, "best_model", "config.json"))
+    with open(os.path.join(folder, "test_metrics.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r["Recipe"] for r in ROWS])
+def test_recipe_workflow(row, tiny_data, tmp_path):
+    """std -> target, src_init, waypoint, trajectory, hybrid, unguided -> test."""
+    seconds = {"std": train(row, tiny_data, tmp_path, ["--mode", "std"])}
+    std = metrics(tmp_path, "std")
+    assert os.listdir(os.path.join(tmp_path, "std", "1986", "waypoints"))
+    for name, flags in MODES:
+        seconds[name] = train(row, tiny_data, tmp_path, flags)
+        assert set(std) <= set(metrics(tmp_path, name))
+        if name != "unguided":  # guided: the layerwise term was trained on
+            assert first_and_last(tmp_path, name, "ld")[0] > 0
+    if "WER" in std:
+        assert os.path.isfile(os.path.join(tmp_path, "std", "1986", "test_WER.txt"))
+    print(row["Recipe"], {k: round(v, 1) for k, v in seconds.items()})
+
+
+def first_and_last(output_root, run_name, key, seed="1986"):
+    """`train <key>` of the first and the last epoch from train_log.txt."""
+    with open(os.path.join(output_root, run_name, seed, "train_log.txt"), encoding="utf-8") as f:
+        values = [
+            float(part.split(f"train {key}: ")[1])
+            for line in f
+            for part in line.split(", ")
+            if f"train {key}: " in part
+        ]
+    return values[0], values[-1]
+
+
+CLASSIFY = "--max_steps 120 --eval_every_steps 20 --waypoint_every 40 --batch_size 8"
+LEARNABLE = {  # the learnable fixture's steps; LR 2e-3 with a short warm-up
+    "SLURP/IC": CLASSIFY,
+    "VoxCeleb1/SID": CLASSIFY,
+    "TEDLIUM/ASR": "--max_steps 150 --eval_every_steps 30 --waypoint_every 50 --batch_size 4",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", ROWS, ids=[r["Recipe"] for r in ROWS])
+def test_learnable_fixture(row, tmp_path_factory, tmp_path):
+    """The std teacher learns the task; the target-guided student's LD falls."""
+    data = fixtures(tmp_path_factory.mktemp("learnable"), "learnable")
+    tiny = shlex.split(row["test_flags"])
+    tiny = " ".join(shlex.quote(a) for a in tiny[: tiny.index("--max_steps")])
+    extra = f"{tiny} {LEARNABLE[row['Recipe']]} --lr 0.002 --warmup_steps 10 --decay_steps 140"
+    train(row, data, tmp_path, ["--mode", "std"], extra)
+    std = metrics(tmp_path, "std")
+    if "WER" in std:
+        first, last = first_and_last(tmp_path, "std", "task")
+        assert last < 0.7 * first, (first, last)
+    else:
+        assert std["acc"] > 0.6, std
+    train(row, data, tmp_path, ["--mode", "target"], extra)
+    first, last = first_and_last(tmp_path, "target", "ld")
+    assert last < first, (first, last)
+    print(row["Recipe"], "std", std, "target ld", first, "->", last)
