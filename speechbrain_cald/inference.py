@@ -1,0 +1,460 @@
+"""Exported inference folders and `speechbrain.inference` interfaces for CALD models.
+
+`export_inference_folder` writes a self-contained folder (no hub access needed to
+load it): ``hyperparams.yaml`` (the model rebuilt from its HF config, embedded in the
+file, + ``modules`` + ``pretrainer``), ``encoder.ckpt`` (the model's ``state_dict``,
+read back with ``torch.load(weights_only=True)``), ``heads.ckpt`` and one label
+encoder file per head, ``tokenizer.ckpt`` (CTC vocabulary for ASR, tokenizer.json for
+text). Text models are written as ``model.ckpt`` (module ``model``).
+
+Load it with `load_inference_folder` or ``<Interface>.from_hparams(source=folder,
+savedir=...)``: ASR (the stock ``speechbrain.inference.ASR.EncoderASR`` loads an ASR
+folder too; the subclass only adds the audio checks), SpeechClassifier (intent,
+speaker; embeddings), TextClassifier, TextGenerator.
+
+Long-form: a wav2vec2 CNN feature encoder with per-frame LayerNorm
+(``feat_extract_norm="layer"``) is run in exact chunks (`chunked_feature_encoder`),
+so its memory grows linearly with the audio; the converted (linear) encoder then
+runs on the whole sequence in one pass.
+"""
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+
+import tokenizers
+import torch
+import transformers
+from speechbrain.dataio import audio_io
+from speechbrain.dataio.encoder import CategoricalEncoder, CTCTextEncoder
+from speechbrain.inference.ASR import EncoderASR
+from speechbrain.inference.interfaces import Pretrained
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from tqdm import tqdm
+
+from speechbrain_cald import conversion
+from speechbrain_cald.tasks import (
+    CTCASR,
+    CausalLM,
+    SequenceClassification,
+    UtteranceClassification,
+    lengths_to_mask,
+)
+
+HPARAMS_FILE = "hyperparams.yaml"
+# Default CNN chunk: 3000 frames = 60 s at 16 kHz with the wav2vec2 stride of 320.
+CHUNK_FRAMES = 3000
+# Peak amplitude (full scale 1.0) at or below which a file counts as silent.
+SILENCE_PEAK = 1e-5
+
+
+def feature_encoder_geometry(config):
+    """(receptive field, total stride) of the CNN feature encoder, in samples."""
+    field, stride = 1, 1
+    for kernel, step in zip(config.conv_kernel, config.conv_stride):
+        field += (kernel - 1) * stride
+        stride *= step
+    return field, stride
+
+
+@contextmanager
+def chunked_feature_encoder(model, chunk_frames, progress=False):
+    """Within the block, `model`'s CNN feature encoder runs in chunks of `chunk_frames`
+    (with a tqdm bar over the chunks if `progress`).
+
+    Chunk c covers output frames [c*n, (c+1)*n) and reads exactly their input
+    samples: it starts at a multiple of the total stride and overlaps the next chunk
+    by (receptive field - stride) samples, so no frame is dropped or recomputed and
+    each equals the whole-waveform frame up to float rounding. Only per-frame
+    normalisation is chunkable: with ``feat_extract_norm="group"`` the first layer's
+    GroupNorm takes its statistics over the whole waveform, so this refuses (run
+    whole-waveform features, ``chunk_frames=None``, instead).
+    """
+    if chunk_frames is None:
+        yield
+        return
+    config = model.config
+    if config.feat_extract_norm != "layer":
+        raise ValueError(
+            f"chunked CNN features need feat_extract_norm='layer', this model has "
+            f"{config.feat_extract_norm!r} (GroupNorm over the whole waveform): "
+            "use chunk_frames=None"
+        )
+    field, stride = feature_encoder_geometry(config)
+    encoder = model.base_model.feature_extractor
+    whole = encoder.forward
+
+    def chunked(wavs):
+        n_frames = max((wavs.shape[-1] - field) // stride + 1, 1)
+        pieces = []
+        starts = range(0, n_frames, chunk_frames)
+        for start in tqdm(starts, desc="CNN features", disable=not progress):
+            end = min(start + chunk_frames, n_frames)
+            pieces.append(whole(wavs[..., start * stride : (end - 1) * stride + field]))
+        return torch.cat(pieces, dim=-1)
+
+    encoder.forward = chunked
+    try:
+        yield
+    finally:
+        del encoder.forward
+
+
+def _hf_model_from_config(config_dict):
+    """Random-weight HF model (student or plain transformer) from a config dict."""
+    config = transformers.CONFIG_MAPPING[config_dict["model_type"]].from_dict(config_dict)
+    if getattr(config, "cald_student", None):
+        return conversion.build_student_from_config(config)
+    return getattr(transformers, config.architectures[0])(config)
+
+
+class SpeechEncoder(torch.nn.Module):
+    """HF speech model for inference: (wavs, relative lengths) -> CTC log-probs or
+    the masked mean of the last hidden state (utterance embedding).
+
+    Arguments: config: the HF config as a dict; output: "log_probs" or "pooled";
+    chunk_frames: CNN chunk size in frames (None: whole-waveform features). Set
+    ``progress = True`` for a progress bar over the CNN chunks.
+    """
+
+    def __init__(self, config, output="log_probs", chunk_frames=CHUNK_FRAMES):
+        super().__init__()
+        self.model = _hf_model_from_config(config)
+        self.output = output
+        self.chunk_frames = chunk_frames
+        self.progress = False
+
+    def forward(self, wavs, wav_lens):
+        # Not Task.speech_forward: keeping every layer's hidden states of an hour of
+        # audio would cost (layers + 1) x the memory of one.
+        sample_mask = lengths_to_mask(wav_lens, wavs.shape[1])
+        with chunked_feature_encoder(self.model, self.chunk_frames, self.progress):
+            out = self.model(wavs, attention_mask=sample_mask.long())
+        if self.output == "log_probs":
+            return out.logits.float().log_softmax(-1)
+        hidden = out.last_hidden_state
+        n_frames = self.model._get_feat_extract_output_lengths(sample_mask.sum(1))
+        valid = torch.arange(hidden.shape[1], device=hidden.device) < n_frames.unsqueeze(1)
+        weights = valid.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+class CheckedAudioMixin:
+    """`load_audio` for local files with clear errors naming the file.
+
+    Any sample rate soundfile reads (int or float) is resampled to the model's rate,
+    multi-channel audio is averaged to mono (the hparams' ``audio_normalizer``).
+    """
+
+    def load_audio(self, path, savedir=None):
+        """Waveform (samples,) at the model's sample rate; ValueError on bad input."""
+        try:
+            signal, sample_rate = audio_io.load(str(path), channels_first=False)
+        except Exception as err:
+            raise ValueError(f"cannot read audio file {path}: {err}") from err
+        if signal.numel() == 0:
+            raise ValueError(f"audio file {path} is empty (0 samples)")
+        if signal.abs().max() <= SILENCE_PEAK:
+            raise ValueError(f"audio file {path} is silent (peak <= {SILENCE_PEAK})")
+        return self.audio_normalizer(signal.float(), sample_rate).to(self.device)
+
+
+class ASR(CheckedAudioMixin, EncoderASR):
+    """EncoderASR over an exported CTC model: ``transcribe_file``,
+    ``transcribe_batch(wavs, wav_lens) -> (transcripts, token ids)``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tokenizer.expect_len(self.mods.encoder.model.config.vocab_size)
+
+
+class SpeechClassifier(CheckedAudioMixin, Pretrained):
+    """Utterance classification (intent, speaker) with one or more heads, and
+    utterance embeddings (``encode_batch``), as speechbrain's EncoderClassifier."""
+
+    MODULES_NEEDED = ["encoder", "heads"]
+    HPARAMS_NEEDED = ["label_encoders"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for head, encoder in self.hparams.label_encoders.items():
+            encoder.expect_len(self.mods.heads[head].out_features)
+
+    def encode_batch(self, wavs, wav_lens=None):
+        """(batch, samples) waveforms -> (batch, hidden) pooled last hidden state."""
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0])
+        with torch.no_grad():
+            return self.mods.encoder(wavs.float().to(self.device), wav_lens.to(self.device))
+
+    def classify_batch(self, wavs, wav_lens=None, head=None):
+        """(log-probs, best score, best index, text labels) for `head` (default: first)."""
+        head = head or next(iter(self.hparams.label_encoders))
+        with torch.no_grad():
+            log_probs = self.mods.heads[head](self.encode_batch(wavs, wav_lens)).log_softmax(-1)
+        score, index = log_probs.max(dim=-1)
+        return log_probs, score, index, self.hparams.label_encoders[head].decode_torch(index)
+
+    def classify_file(self, path, head=None):
+        """`classify_batch` of one audio file."""
+        return self.classify_batch(self.load_audio(path), head=head)
+
+
+def _label_encoder(labels):
+    """A CategoricalEncoder from one as-is or a list of labels (index = position)."""
+    if isinstance(labels, CategoricalEncoder):
+        return labels
+    encoder = CategoricalEncoder()
+    for label in labels:
+        encoder.add_label(label)
+    return encoder
+
+
+@register_checkpoint_hooks
+class TextTokenizer:
+    """A `tokenizers.Tokenizer` (tokenizer.json) that the Pretrainer can load.
+
+    encode(texts) -> (ids (batch, tokens) right-padded with `pad_id`, relative lengths).
+    """
+
+    def __init__(self, pad_id=0, tokenizer=None):
+        self.pad_id = pad_id
+        self.tokenizer = tokenizer
+
+    def encode(self, texts):
+        seqs = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        longest = max(len(seq) for seq in seqs)
+        ids = torch.tensor([seq + [self.pad_id] * (longest - len(seq)) for seq in seqs])
+        return ids, torch.tensor([len(seq) / longest for seq in seqs])
+
+    def decode(self, ids):
+        return self.tokenizer.decode(list(ids))
+
+    @mark_as_saver
+    def save(self, path):
+        self.tokenizer.save(str(path))
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch=False):
+        self.tokenizer = tokenizers.Tokenizer.from_file(str(path))
+
+
+class TextModel(torch.nn.Module):
+    """HF text model for inference: (ids, relative lengths) -> logits (no KV cache)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.model = _hf_model_from_config(config)
+
+    def forward(self, ids, lens):
+        mask = lengths_to_mask(lens, ids.shape[1]).long()
+        return self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+
+class TextClassifier(Pretrained):
+    """Sequence classification: ``classify_text(texts)`` -> (log-probs, best score,
+    best index, text labels), as EncoderClassifier.classify_batch."""
+
+    MODULES_NEEDED = ["model"]
+    HPARAMS_NEEDED = ["tokenizer", "label_encoder"]
+
+    def classify_text(self, texts):
+        """One string or a list of strings."""
+        ids, lens = self.hparams.tokenizer.encode([texts] if isinstance(texts, str) else texts)
+        with torch.no_grad():
+            log_probs = self.mods.model(ids.to(self.device), lens.to(self.device)).log_softmax(-1)
+        score, index = log_probs.max(dim=-1)
+        return log_probs, score, index, self.hparams.label_encoder.decode_torch(index)
+
+
+class TextGenerator(Pretrained):
+    """Causal LM: greedy ``generate(prompt, max_new_tokens)`` -> continuation string.
+
+    The student keeps no KV cache, so each step re-runs the whole sequence
+    (quadratic in the number of new tokens; fine for short continuations).
+    """
+
+    MODULES_NEEDED = ["model"]
+    HPARAMS_NEEDED = ["tokenizer"]
+
+    def generate(self, prompt, max_new_tokens=20, eos_id=None):
+        """Greedy continuation of `prompt` (stops early at `eos_id`)."""
+        ids, _ = self.hparams.tokenizer.encode([prompt])
+        ids = ids.to(self.device)
+        new = []
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                next_id = self.mods.model(ids, torch.ones(1, device=self.device))[0, -1].argmax()
+                if next_id.item() == eos_id:
+                    break
+                new.append(next_id.item())
+                ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+        return self.hparams.tokenizer.decode(new)
+
+
+# Task writers: write the task's files (beside the model's) and return (SpeechEncoder
+# output or None for text, interface name, Pretrainer loadables {name: hparam ref},
+# hyperparams.yaml lines).
+
+
+def _asr_yaml(folder, task, **_):
+    """CTC vocabulary as a CTCTextEncoder (word delimiter -> space), greedy decoding."""
+    tokenizer = CTCTextEncoder()
+    for token in task.vocab:
+        tokenizer.add_label(" " if token == task.word_delimiter else token)
+    tokenizer.save(os.path.join(folder, "tokenizer.ckpt"))
+    return (
+        "log_probs",
+        "ASR",
+        {"tokenizer": "tokenizer"},
+        [
+            "tokenizer: !new:speechbrain.dataio.encoder.CTCTextEncoder",
+            "decoding_function: !name:speechbrain.decoders.ctc_greedy_decode",
+            f"    blank_id: {task.blank_index}",
+        ],
+    )
+
+
+def _classifier_yaml(folder, task, model, heads, label_encoders, **_):
+    """Heads (rebuilt by UtteranceClassification.make_heads) and one label encoder each."""
+    torch.save(heads.state_dict(), os.path.join(folder, "heads.ckpt"))
+    for name in task.head_sizes:
+        _label_encoder(label_encoders[name]).save(
+            os.path.join(folder, f"label_encoder_{name}.ckpt")
+        )
+    return (
+        "pooled",
+        "SpeechClassifier",
+        {
+            "heads": "heads",
+            **{f"label_encoder_{k}": f"label_encoders[{k}]" for k in task.head_sizes},
+        },
+        [
+            "heads: !apply:speechbrain_cald.tasks.UtteranceClassification.make_heads",
+            "    - !new:speechbrain_cald.tasks.UtteranceClassification",
+            f"        heads: {json.dumps(task.head_sizes)}",
+            f"    - !new:types.SimpleNamespace {{hidden_size: {model.config.hidden_size}}}",
+            "label_encoders:",
+            *[
+                f"    {k}: !new:speechbrain.dataio.encoder.CategoricalEncoder"
+                for k in task.head_sizes
+            ],
+        ],
+    )
+
+
+def _text_yaml(folder, task, model, label_encoders, tokenizer, **_):
+    """tokenizer.json (+ the label encoder of a sequence classifier)."""
+    tokenizer = getattr(tokenizer, "backend_tokenizer", tokenizer)  # HF fast tokenizer
+    pad_id = model.config.pad_token_id or 0
+    TextTokenizer(pad_id, tokenizer).save(os.path.join(folder, "tokenizer.ckpt"))
+    lines = ["tokenizer: !new:speechbrain_cald.inference.TextTokenizer", f"    pad_id: {pad_id}"]
+    loadables = {"tokenizer": "tokenizer"}
+    if isinstance(task, CausalLM):
+        return None, "TextGenerator", loadables, lines
+    labels = label_encoders or [str(i) for i in range(model.config.num_labels)]
+    _label_encoder(labels).save(os.path.join(folder, "label_encoder.ckpt"))
+    lines.append("label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder")
+    return (
+        None,
+        "TextClassifier",
+        {**loadables, "label_encoder": "label_encoder"},
+        lines,
+    )
+
+
+_WRITERS = {
+    CTCASR: _asr_yaml,
+    UtteranceClassification: _classifier_yaml,
+    SequenceClassification: _text_yaml,
+    CausalLM: _text_yaml,
+}
+
+
+def export_inference_folder(
+    folder,
+    task,
+    model,
+    heads=None,
+    label_encoders=None,
+    tokenizer=None,
+    sample_rate=16000,
+    chunk_frames=CHUNK_FRAMES,
+):
+    """Write a self-contained inference folder for a trained `model`.
+
+    Arguments:
+        folder: output folder (created).
+        task: the `CTCASR`, `UtteranceClassification`, `SequenceClassification` or
+            `CausalLM` the model was trained for.
+        model: the HF model (CALD student or transformer), e.g. ``brain.modules.model``.
+        heads: the task's heads (UtteranceClassification).
+        label_encoders: UtteranceClassification: {head: CategoricalEncoder or list of
+            labels in index order}; SequenceClassification: one of these (default:
+            "0".."n-1"); CTCASR: unused (the vocabulary is ``task.vocab``).
+        tokenizer: text tasks: an HF fast tokenizer or a `tokenizers.Tokenizer`.
+        sample_rate: speech: the model's input rate; other rates are resampled on load.
+        chunk_frames: speech: CNN feature chunk (None: whole waveform; forced to None
+            for ``feat_extract_norm="group"`` models).
+
+    Returns the path of the written ``hyperparams.yaml``; `load_inference_folder`
+    loads it with the interface named in its ``interface`` entry.
+    """
+    model = getattr(model, "module", model)  # DDP / DataParallel wrapper
+    writer = _WRITERS.get(type(task))
+    if writer is None:
+        raise ValueError(f"no inference export for task {type(task).__name__}")
+    os.makedirs(folder, exist_ok=True)
+    output, interface, loadables, task_lines = writer(
+        folder=folder,
+        task=task,
+        model=model,
+        heads=heads,
+        label_encoders=label_encoders,
+        tokenizer=tokenizer,
+    )
+    if output:  # speech
+        modules = ["encoder", *(["heads"] if "heads" in loadables else [])]
+        if getattr(model.config, "feat_extract_norm", None) != "layer":
+            chunk_frames = None
+        model_lines = [
+            f"sample_rate: {sample_rate}",
+            "audio_normalizer: !new:speechbrain.dataio.preprocess.AudioNormalizer",
+            "    sample_rate: !ref <sample_rate>",
+            "encoder: !new:speechbrain_cald.inference.SpeechEncoder",
+            f"    output: {output}",
+            f"    chunk_frames: {'null' if chunk_frames is None else chunk_frames}",
+        ]
+    else:
+        modules = ["model"]
+        model_lines = ["model: !new:speechbrain_cald.inference.TextModel"]
+    # The wrapper holds the HF model as `.model`; the Pretrainer reads <name>.ckpt.
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save(state, os.path.join(folder, f"{modules[0]}.ckpt"))
+    lines = [
+        "# Exported by speechbrain_cald.inference.export_inference_folder",
+        f"interface: {interface}  # the speechbrain_cald.inference class that loads it",
+        *model_lines,
+        f"    config: {json.dumps(model.config.to_dict())}",
+        *task_lines,
+        "modules:",
+        *[f"    {m}: !ref <{m}>" for m in modules],
+        "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
+        "    loadables:",
+        *[f"        {k}: !ref <{v}>" for k, v in {modules[0]: modules[0], **loadables}.items()],
+    ]
+    path = os.path.join(folder, HPARAMS_FILE)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def load_inference_folder(folder, savedir=None, device="cpu"):
+    """The interface (ASR, SpeechClassifier, ...) an exported folder was written for."""
+    with open(os.path.join(folder, HPARAMS_FILE)) as f:
+        name = next(line for line in f if line.startswith("interface:")).split()[1]
+    savedir = savedir or tempfile.mkdtemp(prefix="cald_inference_")
+    return globals()[name].from_hparams(source=folder, savedir=savedir, run_opts={"device": device})

@@ -1,0 +1,279 @@
+"""Export -> reload (fresh process) of CALD speech models, bad audio, chunked CNN."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+import tokenizers
+import torch
+import torchaudio
+from transformers import (
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+    Wav2Vec2Config,
+    Wav2Vec2ForCTC,
+    Wav2Vec2Model,
+)
+
+from speechbrain_cald import conversion, inference, transcribe
+from speechbrain_cald.tasks import CTCASR, CausalLM, SequenceClassification, UtteranceClassification
+
+VOCAB = ["<blank>", "|", "a", "b", "c", "d", "e", "f", "g", "h"]
+MAMBA2_SMALL = {"mixer_config": {"headdim": 8, "d_state": 6, "chunk_size": 8}}
+pytestmark = pytest.mark.filterwarnings("ignore:Mamba2 in_proj width:UserWarning")
+
+
+def tiny_student(cls, norm="layer"):
+    """2-layer width-32 wav2vec2 (total stride 320 as wav2vec2-base) as a BiMamba2 student."""
+    config = Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16, 16),
+        conv_stride=(5, 8, 8),
+        conv_kernel=(10, 8, 8),
+        num_feat_extract_layers=3,
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=4,
+        feat_extract_norm=norm,
+        vocab_size=len(VOCAB),
+    )
+    student, _ = conversion.convert_to_student(cls(config).eval(), MAMBA2_SMALL)
+    return student.eval()
+
+
+def run_fresh(tmp_path, code):
+    """Run `code` in a new interpreter; it sees `folder`, `savedir`, `wavs` and `out`
+    (a .pt file it writes), whose content is returned."""
+    setup = (
+        "import torch\nfrom speechbrain_cald import inference\n"
+        f"folder, savedir = {str(tmp_path / 'export')!r}, {str(tmp_path / 'fresh')!r}\n"
+        f"out = {str(tmp_path / 'out.pt')!r}\n"
+        f"wavs = torch.load({str(tmp_path / 'wavs.pt')!r}, weights_only=True)\n"
+    )
+    subprocess.run([sys.executable, "-c", setup + code], check=True, timeout=120)
+    return torch.load(tmp_path / "out.pt", weights_only=True)
+
+
+@pytest.fixture
+def wavs(tmp_path):
+    """Two utterances (0.5 s and 0.35 s at 16 kHz), right-padded; also saved for run_fresh."""
+    wavs = torch.randn(2, 8000)
+    wavs[1, 5600:] = 0
+    batch = (wavs, torch.tensor([1.0, 0.7]))
+    torch.save(batch, tmp_path / "wavs.pt")
+    return batch
+
+
+def test_asr_export_reload(tmp_path, wavs):
+    student = tiny_student(Wav2Vec2ForCTC)
+    inference.export_inference_folder(tmp_path / "export", CTCASR(VOCAB), student)
+    with torch.no_grad():
+        logits = student(wavs[0][:1]).logits[0]
+    best_path = torch.unique_consecutive(logits.argmax(-1)).tolist()
+    expected = [i for i in best_path if i != 0]
+
+    asr = inference.ASR.from_hparams(source=str(tmp_path / "export"), savedir=tmp_path / "in")
+    words, tokens = asr.transcribe_batch(*wavs)
+    assert tokens[0] == expected
+    assert words[0] == "".join(VOCAB[i] for i in expected).replace("|", " ")
+    # The stock EncoderASR loads the folder too, in a fresh process, with the same result.
+    fresh = run_fresh(
+        tmp_path,
+        "from speechbrain.inference.ASR import EncoderASR\n"
+        "asr = EncoderASR.from_hparams(source=folder, savedir=savedir)\n"
+        "torch.save(asr.transcribe_batch(*wavs)[1], out)\n",
+    )
+    assert fresh == tokens
+    # The HF model inside the interface saves and reloads without the teacher.
+    asr.mods.encoder.model.save_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        reloaded = conversion.from_pretrained(tmp_path / "hf").eval()(wavs[0][:1]).logits[0]
+    torch.testing.assert_close(reloaded, logits)
+
+
+def test_classifier_export_reload(tmp_path, wavs):
+    student = tiny_student(Wav2Vec2Model)
+    task = UtteranceClassification({"scenario": 3, "action": 4})
+    heads = task.make_heads(student.config)
+    labels = {"scenario": ["alarm", "music", "news"], "action": ["set", "play", "stop", "query"]}
+    inference.export_inference_folder(tmp_path / "export", task, student, heads, labels)
+    with torch.no_grad():
+        pooled = student(wavs[0][:1]).last_hidden_state.mean(1)
+        expected = {k: labels[k][head(pooled).argmax(-1).item()] for k, head in heads.items()}
+
+    fresh = run_fresh(
+        tmp_path,
+        "clf = inference.load_inference_folder(folder, savedir)\n"
+        "res = {h: clf.classify_batch(*wavs, head=h) for h in ('scenario', 'action')}\n"
+        "torch.save({'emb': clf.encode_batch(*wavs),\n"
+        "            'labels': {h: r[3] for h, r in res.items()},\n"
+        "            'scores': {h: r[1] for h, r in res.items()}}, out)\n",
+    )
+    assert {k: v[0] for k, v in fresh["labels"].items()} == expected
+    clf = inference.SpeechClassifier.from_hparams(
+        source=str(tmp_path / "export"), savedir=tmp_path / "in"
+    )
+    torch.testing.assert_close(fresh["emb"], clf.encode_batch(*wavs))
+    torch.testing.assert_close(fresh["emb"][0], pooled[0])
+    log_probs, score, index, text = clf.classify_batch(*wavs)  # default: first head
+    assert text == fresh["labels"]["scenario"]
+    torch.testing.assert_close(score, fresh["scores"]["scenario"])
+
+
+@pytest.mark.parametrize("n_samples", [400, 1599, 16000, 16000 * 3 + 123])
+def test_chunked_features_equal_whole(n_samples):
+    """Chunks of 7 frames (uneven last chunk) give the whole-waveform features.
+
+    Tolerance: float32, atol 1e-5 (convolutions over inputs of different length
+    may sum in a different order).
+    """
+    model = tiny_student(Wav2Vec2Model)
+    wav = torch.randn(2, n_samples)
+    encoder = model.feature_extractor
+    with torch.no_grad():
+        whole = encoder(wav)
+        with inference.chunked_feature_encoder(model, chunk_frames=7):
+            chunked = encoder(wav)
+    assert "forward" not in vars(encoder)  # restored
+    assert chunked.shape == whole.shape
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_features_refuse_group_norm():
+    model = tiny_student(Wav2Vec2Model, norm="group")
+    with pytest.raises(ValueError, match="feat_extract_norm='layer'"):
+        with inference.chunked_feature_encoder(model, chunk_frames=7):
+            pass
+
+
+@pytest.fixture(scope="module")
+def asr_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("asr")
+    inference.export_inference_folder(folder, CTCASR(VOCAB), tiny_student(Wav2Vec2ForCTC))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def asr(asr_folder):
+    return inference.ASR.from_hparams(source=str(asr_folder), savedir=asr_folder / "save")
+
+
+def test_bad_audio_errors_name_the_file(tmp_path, asr):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF not really a wave file")
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, dtype=np.int16), 16000)
+    silent = tmp_path / "silent.flac"
+    soundfile.write(silent, np.zeros(16000, dtype=np.int16), 16000)
+    for path, reason in [(corrupt, "cannot read"), (empty, "empty"), (silent, "silent")]:
+        with pytest.raises(ValueError, match=f"{reason}.*") as err:
+            asr.transcribe_file(str(path))
+        assert str(path) in str(err.value)
+
+
+def test_8khz_stereo_int16_is_resampled_and_mixed(tmp_path, asr):
+    left = np.random.default_rng(0).normal(0, 3000, 4000)
+    stereo = np.stack([left, -0.5 * left], 1).astype(np.int16)
+    path = tmp_path / "stereo.wav"
+    soundfile.write(path, stereo, 8000, subtype="PCM_16")
+    signal = asr.load_audio(str(path))
+    assert signal.shape == (8000,)  # 0.5 s at 16 kHz, mono
+    mono = torch.from_numpy(stereo.astype(np.float32) / 32768).mean(1)
+    expected = torchaudio.functional.resample(mono, 8000, 16000)
+    torch.testing.assert_close(signal, expected, atol=1e-4, rtol=0)
+    assert isinstance(asr.transcribe_file(str(path)), str)
+
+
+def word_tokenizer(words):
+    """A tokenizers.Tokenizer over whitespace-split `words` (ids 0.. in order)."""
+    tokenizer = tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>")
+    )
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tokenizer.decoder = tokenizers.decoders.WordPiece()  # joins words with spaces
+    return tokenizer
+
+
+WORDS = ["<pad>", "<unk>", "<s>", "</s>", *[f"w{i}" for i in range(46)]]
+
+
+def test_text_classifier_export_reload(tmp_path):
+    config = RobertaConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=len(WORDS),
+        max_position_embeddings=40,
+        num_labels=3,
+        pad_token_id=0,
+    )
+    teacher = RobertaForSequenceClassification(config).eval()
+    student, _ = conversion.convert_to_student(teacher, {"mixer_config": {"k": 8}})
+    student.eval()
+    texts = ["w1 w2 w3 w4 w5", "w7 w8 w9"]
+    inference.export_inference_folder(
+        tmp_path / "export",
+        SequenceClassification(),
+        student,
+        label_encoders=["neg", "neu", "pos"],
+        tokenizer=word_tokenizer(WORDS),
+    )
+    with torch.no_grad():
+        expected = student(input_ids=torch.tensor([[5, 6, 7, 8, 9]])).logits.argmax(-1).item()
+    torch.save(None, tmp_path / "wavs.pt")
+    fresh = run_fresh(
+        tmp_path,
+        "clf = inference.load_inference_folder(folder, savedir)\n"
+        f"torch.save(clf.classify_text({texts!r})[3], out)\n",
+    )
+    assert fresh[0] == ["neg", "neu", "pos"][expected]
+
+
+def test_text_generator_export_reload(tmp_path):
+    config = GPTNeoXConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=len(WORDS),
+        max_position_embeddings=64,
+    )
+    student, _ = conversion.convert_to_student(
+        GPTNeoXForCausalLM(config).eval(), {"mixer_config": {"d_state": 4, "chunk_size": 8}}
+    )
+    student.eval()
+    inference.export_inference_folder(
+        tmp_path / "export", CausalLM(), student, tokenizer=word_tokenizer(WORDS)
+    )
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        for _ in range(4):  # greedy, whole sequence re-run each step
+            next_id = student(input_ids=ids, use_cache=False).logits[0, -1].argmax()
+            ids = torch.cat([ids, next_id.view(1, 1)], 1)
+    expected = " ".join(WORDS[i] for i in ids[0, 3:])
+    torch.save(None, tmp_path / "wavs.pt")
+    fresh = run_fresh(
+        tmp_path,
+        "lm = inference.load_inference_folder(folder, savedir)\n"
+        "torch.save(lm.generate('w1 w2 w3', max_new_tokens=4), out)\n",
+    )
+    assert fresh == expected
+
+
+def test_cli_reports_bad_files_and_goes_on(tmp_path, asr_folder, capsys):
+    good, silent = tmp_path / "good.wav", tmp_path / "silent.wav"
+    soundfile.write(good, np.random.default_rng(0).normal(0, 0.1, 48000), 16000)
+    soundfile.write(silent, np.zeros(1600), 16000)
+    argv = [str(asr_folder), str(silent), str(good), "--savedir", str(tmp_path / "save")]
+    assert transcribe.main([*argv, "--progress-after", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{good}\t") and len(out.splitlines()) == 1
+    assert f"audio file {silent} is silent" in err
+    assert "CNN features" in err  # progress bar for the 3 s file
