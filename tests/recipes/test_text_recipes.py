@@ -1,0 +1,153 @@
+"""Smoke tests of the text recipes (GLUE/IMDB classification, Pile LM) on the tiny
+text fixtures (tools/make_text_fixtures.py), SpeechBrain style.
+
+Each row of text_recipes.csv is one recipe YAML, its fixture data and offline
+teacher folder, the modes to run ("all": std, then every CALD mode) and the flags
+that make it tiny. Each run is `python train.py <yaml> --data_folder ...
+--teacher_hub ...` (the README commands) and must write its metric files. The
+`slow` test checks that CALD distillation trains the LM student.
+"""
+
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "text_recipes.csv")
+with open(TABLE, newline="", encoding="utf-8") as f:
+    ROWS = list(csv.DictReader(f))
+IDS = [f"{r['Recipe']}:{r['Fixture_root']}:{r['Modes']}" for r in ROWS]
+# (run name, flags); hybrid = target with L_LD / L_KD off from step 2
+MODES = {
+    "std": ["--mode", "std"],
+    "unguided": ["--mode", "unguided"],
+    "target": ["--mode", "target"],
+    "src_init": ["--mode", "src_init"],
+    "trajectory": ["--mode", "trajectory"],
+    "waypoint": ["--mode", "waypoint"],
+    "hybrid": ["--mode", "target", "--hybrid_switch_step", "2", "--run_name", "hybrid"],
+}
+
+
+@pytest.fixture(scope="session")
+def text_data(tmp_path_factory):
+    """The text fixtures and tiny teacher folders."""
+    out = tmp_path_factory.mktemp("text_fixtures")
+    script = os.path.join(ROOT, "tools", "make_text_fixtures.py")
+    subprocess.run([sys.executable, script, "--out", str(out)], check=True, capture_output=True)
+    return out
+
+
+def train(row, data, output_root, flags=()):
+    """One `train.py` run of a row; returns its seconds."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    cmd = [sys.executable, "train.py", row["Hparam_file"]]
+    cmd += ["--data_folder", os.path.join(data, row["Fixture_root"])]
+    cmd += ["--teacher_hub", os.path.join(data, row["Teacher"])]
+    cmd += ["--output_root", str(output_root), "--device", "cpu", "--noprogressbar"]
+    cmd += shlex.split(row["test_flags"]) + list(flags)
+    start = time.time()
+    result = subprocess.run(
+        cmd, cwd=os.path.join(ROOT, "recipes", row["Recipe"]), env=env, capture_output=True
+    )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    return time.time() - start
+
+
+def metrics(output_root, run_name, seed="1986"):
+    """test_metrics.json of one run (after checking its other output files)."""
+    folder = os.path.join(output_root, run_name, seed)
+    assert os.path.isfile(os.path.join(folder, "train_log.txt"))
+    assert os.path.isfile(os.path.join(folder, "best_model", "config.json"))
+    with open(os.path.join(folder, "test_metrics.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
+def test_text_recipe(row, text_data, tmp_path):
+    """The row's modes in order (std first: teacher and waypoints); metric files."""
+    names = list(MODES) if row["Modes"] == "all" else row["Modes"].split()
+    metric = "acc" if "GLUE" in row["Recipe"] else "ppl"
+    seconds = {}
+    for name in names:
+        seconds[name] = train(row, text_data, tmp_path, MODES[name])
+        stats = metrics(tmp_path, name)
+        assert metric in stats and stats["step"] > 0, stats
+        assert os.path.isfile(os.path.join(tmp_path, name, "1986", f"test_{metric}.txt"))
+    if "std" in names and "waypoint" in names:
+        assert os.listdir(os.path.join(tmp_path, "std", "1986", "waypoints"))
+    print(row["Recipe"], {k: round(v, 1) for k, v in seconds.items()})
+
+
+def train_log(output_root, run_name, seed="1986"):
+    """Train and valid stats of each epoch line of train_log.txt."""
+    epochs = []
+    with open(os.path.join(output_root, run_name, seed, "train_log.txt"), encoding="utf-8") as f:
+        for line in filter(lambda line: line.startswith("epoch"), f):
+            stats = {}
+            for part in line.strip().split(" - ")[-2:]:
+                for item in part.split(", "):
+                    key, value = item.rsplit(": ", 1)
+                    stats[key] = float(value)
+            epochs.append(stats)
+    return epochs
+
+
+@pytest.mark.slow
+def test_lm_student_learns(text_data, tmp_path):
+    """Target-guided Mamba student: held-out perplexity drops and L_LD falls."""
+    row = next(r for r in ROWS if r["Recipe"] == "Pile/LM" and r["Modes"] == "all")
+    flags = "--seq_len 32 --batch_size 4 --grad_accumulation_factor 1 --lr 0.003"
+    steps = "--max_steps 60 --eval_every_steps 20 --waypoint_every 20"
+    row = {**row, "test_flags": f'{flags} {steps} --student_mixer_config "{{d_state: 4}}"'}
+    train(row, text_data, tmp_path, MODES["std"])
+    train(row, text_data, tmp_path, MODES["target"])
+    epochs = train_log(tmp_path, "target")
+    first, last = epochs[0], epochs[-1]
+    assert last["valid ppl"] < first["valid ppl"], (first, last)
+    assert last["train ld"] < first["train ld"], (first, last)
+    print("target", {k: (first[k], last[k]) for k in ("valid ppl", "train ld")})
+
+
+def _recipe_module(recipe, name):
+    """Import a recipe's prepare module (recipes are not a package)."""
+    sys.path.insert(0, os.path.join(ROOT, "recipes", recipe))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_glue_prepare_rows_and_errors(text_data, tmp_path):
+    """QQP pairs are read; a malformed row or label names its file and line."""
+    glue = _recipe_module("GLUE/Classification", "glue_prepare")
+    rows = glue.read_glue_tsv(os.path.join(text_data, "glue", "QQP", "dev.tsv"), "qqp")
+    first = next(iter(rows.values()))
+    assert set(first) == {"text_a", "text_b", "label"} and first["label"] in (0, 1)
+    bad = tmp_path / "dev.tsv"
+    bad.write_text("index\tquestion\tsentence\tlabel\n0\tq ?\ts .\tentailment\n1\tq ?\n")
+    with pytest.raises(ValueError, match=f"{bad}:3: expected 4"):
+        glue.read_glue_tsv(str(bad), "qnli")
+    bad.write_text("sentence\tlabel\ngood .\tmaybe\n")
+    with pytest.raises(ValueError, match=f"{bad}:2: label 'maybe'"):
+        glue.read_glue_tsv(str(bad), "sst2")
+
+
+def test_pile_rows_and_errors(text_data, tmp_path):
+    """Rows hold seq_len + 1 tokens; a bad jsonl line names its file and line."""
+    import transformers
+
+    pile = _recipe_module("Pile/LM", "pile_prepare")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(text_data / "pythia_tiny")
+    rows = pile.token_rows([str(text_data / "pile" / "val.jsonl")], tokenizer, 16)
+    assert rows and all(len(r) == 17 for r in rows)
+    bad = tmp_path / "train_00.jsonl"
+    bad.write_text('{"text": "the film ."}\n{"txt": 1}\n')
+    with pytest.raises(ValueError, match=f"{bad}:2"):
+        pile.token_rows([str(bad)], tokenizer, 16)
