@@ -260,13 +260,9 @@ def write_test_files(brain, folder, stats):
             metric.write_stats(f)
 
 
-def main(prepare, dataset_items, argv=None):
-    """`python train.py hparams/<file>.yaml [--key value ...]` for one speech recipe.
-
-    prepare: the corpus prepare function (data_folder, save_folder, skip_prep,
-    sample_rate) writing `<manifest_folder>/{train,dev,test}.csv`.
-    dataset_items: (hparams, {split: csv}) -> (dynamic items, output keys).
-    """
+def setup_experiment(argv=None):
+    """Parse `train.py hparams.yaml [--key value ...]`, load the YAML with the
+    overrides and create the experiment folder; returns (hparams, run_opts)."""
     hparams_file, run_opts, overrides = sb.parse_arguments(argv or sys.argv[1:])
     with open(hparams_file, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, overrides)
@@ -275,6 +271,17 @@ def main(prepare, dataset_items, argv=None):
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    return hparams, run_opts
+
+
+def main(prepare, dataset_items, argv=None):
+    """`python train.py hparams/<file>.yaml [--key value ...]` for one speech recipe.
+
+    prepare: the corpus prepare function (data_folder, save_folder, skip_prep,
+    sample_rate) writing `<manifest_folder>/{train,dev,test}.csv`.
+    dataset_items: (hparams, {split: csv}) -> (dynamic items, output keys).
+    """
+    hparams, run_opts = setup_experiment(argv)
     sb.utils.distributed.run_on_main(
         prepare,
         kwargs={

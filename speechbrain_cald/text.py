@@ -13,12 +13,10 @@ import json
 import logging
 import math
 import os
-import sys
 
 import speechbrain as sb
 import torch
 import transformers
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils import checkpoints
 
@@ -116,14 +114,7 @@ def main(prepare, dataset_items, argv=None):
     The YAML names `teacher_hub` (hub id or local folder: model and tokenizer) and
     `teacher_overrides` (config fields, e.g. num_labels and dropouts).
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv or sys.argv[1:])
-    with open(hparams_file, encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(f, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts = recipe.setup_experiment(argv)
     tokenizer = transformers.AutoTokenizer.from_pretrained(hparams["teacher_hub"])
     sb.utils.distributed.run_on_main(prepare, args=[hparams, tokenizer])
     sb.utils.distributed.run_on_main(
