@@ -6,20 +6,15 @@ std (the teacher and waypoints) -> every CALD mode -> test evaluation, and each 
 must write its metric files. The `slow` test trains on the learnable fixture.
 """
 
-import csv
-import json
 import os
 import shlex
 import subprocess
 import sys
-import time
 
 import pytest
+from recipe_runner import ROOT, read_table, run_metrics, run_train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes.csv")
-with open(TABLE, newline="", encoding="utf-8") as f:
-    ROWS = list(csv.DictReader(f))
+ROWS = read_table("recipes.csv")
 # (run name, flags) after std; hybrid = target with L_LD / L_KD off from step 2
 MODES = [
     ("target", ["--mode", "target"]),
@@ -48,38 +43,21 @@ def tiny_data(tmp_path_factory):
 
 
 def train(row, data, output_root, flags=(), extra=None):
-    """One `train.py` run of a recipe row; returns (test metrics, seconds)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "train.py", row["Hparam_file"]]
-    cmd += ["--data_folder", os.path.join(data, row["Fixture_root"])]
-    cmd += ["--output_root", str(output_root), "--device", "cpu", "--noprogressbar"]
-    cmd += shlex.split(extra if extra is not None else row["test_flags"]) + list(flags)
-    start = time.time()
-    result = subprocess.run(
-        cmd, cwd=os.path.join(ROOT, "recipes", row["Recipe"]), env=env, capture_output=True
-    )
-    assert result.returncode == 0, result.stderr.decode()[-3000:]
-    return time.time() - start
-
-
-def metrics(output_root, run_name, seed="1986"):
-    """The metric files of one run: test_metrics.json (loaded) and train_log.txt."""
-    folder = os.path.join(output_root, run_name, seed)
-    assert os.path.isfile(os.path.join(folder, "train_log.txt"))
-    assert os.path.isfile(os.path.join(folder, "best_model", "config.json"))
-    with open(os.path.join(folder, "test_metrics.json"), encoding="utf-8") as f:
-        return json.load(f)
+    """One `train.py` run of a speech recipe row on `data`; returns its seconds."""
+    args = ["--data_folder", os.path.join(data, row["Fixture_root"])]
+    args += shlex.split(extra if extra is not None else row["test_flags"]) + list(flags)
+    return run_train(row, output_root, args)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r["Recipe"] for r in ROWS])
 def test_recipe_workflow(row, tiny_data, tmp_path):
     """std -> target, src_init, waypoint, trajectory, hybrid, unguided -> test."""
     seconds = {"std": train(row, tiny_data, tmp_path, ["--mode", "std"])}
-    std = metrics(tmp_path, "std")
+    std = run_metrics(tmp_path, "std")
     assert os.listdir(os.path.join(tmp_path, "std", "1986", "waypoints"))
     for name, flags in MODES:
         seconds[name] = train(row, tiny_data, tmp_path, flags)
-        assert set(std) <= set(metrics(tmp_path, name))
+        assert set(std) <= set(run_metrics(tmp_path, name))
         if name != "unguided":  # guided: the layerwise term was trained on
             assert first_and_last(tmp_path, name, "ld")[0] > 0
     if "WER" in std:
@@ -132,7 +110,7 @@ def test_learnable_fixture(row, tmp_path_factory, tmp_path):
     data = fixtures(tmp_path_factory.mktemp("learnable"), "learnable")
     extra = f"{LEARNABLE_MODEL} {LEARNABLE[row['Recipe']]}"
     train(row, data, tmp_path, ["--mode", "std"], extra)
-    std = metrics(tmp_path, "std")
+    std = run_metrics(tmp_path, "std")
     if "WER" in std:
         first, last = first_and_last(tmp_path, "std", "task")
         assert last < 0.7 * first, (first, last)

@@ -8,20 +8,15 @@ that make it tiny. Each run is `python train.py <yaml> --data_folder ...
 `slow` test checks that CALD distillation trains the LM student.
 """
 
-import csv
-import json
 import os
 import shlex
 import subprocess
 import sys
-import time
 
 import pytest
+from recipe_runner import ROOT, read_table, run_metrics, run_train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "text_recipes.csv")
-with open(TABLE, newline="", encoding="utf-8") as f:
-    ROWS = list(csv.DictReader(f))
+ROWS = read_table("text_recipes.csv")
 IDS = [f"{r['Recipe']}:{r['Fixture_root']}:{r['Modes']}" for r in ROWS]
 # (run name, flags); hybrid = target with L_LD / L_KD off from step 2
 MODES = {
@@ -45,28 +40,11 @@ def text_data(tmp_path_factory):
 
 
 def train(row, data, output_root, flags=()):
-    """One `train.py` run of a row; returns its seconds."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "train.py", row["Hparam_file"]]
-    cmd += ["--data_folder", os.path.join(data, row["Fixture_root"])]
-    cmd += ["--teacher_hub", os.path.join(data, row["Teacher"])]
-    cmd += ["--output_root", str(output_root), "--device", "cpu", "--noprogressbar"]
-    cmd += shlex.split(row["test_flags"]) + list(flags)
-    start = time.time()
-    result = subprocess.run(
-        cmd, cwd=os.path.join(ROOT, "recipes", row["Recipe"]), env=env, capture_output=True
-    )
-    assert result.returncode == 0, result.stderr.decode()[-3000:]
-    return time.time() - start
-
-
-def metrics(output_root, run_name, seed="1986"):
-    """test_metrics.json of one run (after checking its other output files)."""
-    folder = os.path.join(output_root, run_name, seed)
-    assert os.path.isfile(os.path.join(folder, "train_log.txt"))
-    assert os.path.isfile(os.path.join(folder, "best_model", "config.json"))
-    with open(os.path.join(folder, "test_metrics.json"), encoding="utf-8") as f:
-        return json.load(f)
+    """One `train.py` run of a text recipe row (data + teacher folder); returns seconds."""
+    args = ["--data_folder", os.path.join(data, row["Fixture_root"])]
+    args += ["--teacher_hub", os.path.join(data, row["Teacher"])]
+    args += shlex.split(row["test_flags"]) + list(flags)
+    return run_train(row, output_root, args)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=IDS)
@@ -77,7 +55,7 @@ def test_text_recipe(row, text_data, tmp_path):
     seconds = {}
     for name in names:
         seconds[name] = train(row, text_data, tmp_path, MODES[name])
-        stats = metrics(tmp_path, name)
+        stats = run_metrics(tmp_path, name)
         assert metric in stats and stats["step"] > 0, stats
         assert os.path.isfile(os.path.join(tmp_path, name, "1986", f"test_{metric}.txt"))
     if "std" in names and "waypoint" in names:
