@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backend import resolve_backend
+from .mamba2 import causal_depthwise_conv1d
 
 
 @dataclass
@@ -187,9 +188,8 @@ class MambaMixer(nn.Module):
         if backend == "mamba_ssm" and _causal_conv1d_available():
             return self._fused_forward(hidden_states)
 
-        seq_len = hidden_states.shape[1]
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (b, L, d_inner) each
-        x = F.silu(self.conv1d(x.transpose(1, 2))[..., :seq_len]).transpose(1, 2)
+        x = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias))
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], -1)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, L, d_inner); bias added in float32
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
