@@ -11,12 +11,28 @@ hparams it reads:
   min "total"), ckpt_num_to_keep (1)                    optional
 Mixed precision and gradient accumulation come from SpeechBrain's run options
 (`precision`, `grad_accumulation_factor`) and Brain.fit_batch.
+
+Reliability (SpeechBrain run options, also read from the YAML):
+  ckpt_interval_steps / ckpt_interval_minutes: intra-epoch checkpoints. A run killed
+  at any point resumes from the last one at the exact batch: the data loader skips
+  the batches already seen, and this Brain's own checkpoint file holds the step
+  counters, the running loss-term sums of the epoch, the count of skipped updates
+  and the RNG states (torch, CUDA, numpy, random: dropout and time masking), which
+  are put back just before the next batch, so the resumed run repeats the
+  uninterrupted one (the LR scheduler, epoch counter and guidance are recoverables).
+  nonfinite_patience: a batch whose loss or any distillation term is NaN / inf makes
+  no update (its gradients are dropped, the LR schedule and the step count do not
+  advance); such batches are counted in `nonfinite_skipped` and the run stops with
+  an error naming the terms once more than `nonfinite_patience` occur in one epoch.
 """
 
 import logging
+import random
 
+import numpy as np
 import speechbrain as sb
 import torch
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.distributed import main_process_only
 
 from speechbrain_cald.conversion import check_layer_compatibility
@@ -26,6 +42,57 @@ logger = logging.getLogger(__name__)
 TERMS = ("task", "kd", "ld", "total")
 
 
+class NonFiniteLossError(ValueError):
+    """More non-finite losses in one epoch than `nonfinite_patience` allows."""
+
+
+def rng_state():
+    """The global RNG states (torch CPU and CUDA, numpy, random) as tensors and
+    plain values, so that `torch.load(weights_only=True)` reads them back."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos)},
+        "numpy_gauss": [int(has_gauss), float(gauss)],
+        "random": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restore what `rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    keys = state["numpy"]["keys"].numpy().astype(np.uint32)
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", keys, state["numpy"]["pos"], has_gauss, gauss))
+    version, internal, gauss_next = state["random"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _ModelDDP(torch.nn.parallel.DistributedDataParallel):
+    """DDP wrapper that also answers the wrapped model's attributes (an HF model's
+    `config`, `_get_feat_extract_output_lengths`, `save_pretrained`), so the tasks and
+    `export` use a DDP-wrapped student as they use the bare one; calls still go
+    through DDP's forward (gradient synchronisation)."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+def unwrapped(module):
+    """`module` without the DDP wrapper CALDBrain gives it under torchrun (for saving:
+    no `module.` key prefix); anything else (None included) as it is."""
+    return module.module if isinstance(module, _ModelDDP) else module
+
+
+@register_checkpoint_hooks
 class CALDBrain(sb.core.Brain):
     """Trains the student of `hparams["guidance"]` on `hparams["task"]`.
 
@@ -47,6 +114,10 @@ class CALDBrain(sb.core.Brain):
         super().__init__(modules, opt_class, hparams, run_opts, checkpointer)
         self.guidance.to(self.device)
         self.step_terms = {}
+        self.term_sums, self.term_count = dict.fromkeys(TERMS, 0.0), 0
+        self.nonfinite_skipped = 0  # updates skipped for a non-finite loss, whole run
+        self._skip_update = False  # this accumulation window had a non-finite loss
+        self._recovered_rng = None  # RNG states of a recovered checkpoint, applied late
         if self.checkpointer is not None:
             self._add_recoverables()
 
@@ -62,6 +133,14 @@ class CALDBrain(sb.core.Brain):
             if name not in self.checkpointer.recoverables:
                 self.checkpointer.add_recoverable(name, obj)
 
+    def _wrap_distributed(self):
+        """Brain's DDP wrapping (torchrun), with wrappers that expose the model's own
+        attributes (`_ModelDDP`); the checkpointer keeps the bare modules."""
+        super()._wrap_distributed()
+        for module in self.modules.values():
+            if type(module) is torch.nn.parallel.DistributedDataParallel:
+                module.__class__ = _ModelDDP  # same object and state, more attributes
+
     @property
     def heads(self):
         """The task heads outside the HF model, or None."""
@@ -69,18 +148,22 @@ class CALDBrain(sb.core.Brain):
 
     @main_process_only
     def export(self, folder):
-        """Save the student (+ heads) as a folder `Task.load` / a teacher can read."""
-        self.task.save(folder, self.modules.student, self.heads)
+        """Save the student (+ heads) as a folder `Task.load` / a teacher can read
+        (the bare modules under DDP, so no `module.` prefix reaches the files)."""
+        self.task.save(folder, unwrapped(self.modules.student), unwrapped(self.heads))
 
     def on_fit_start(self):
         """Brain set-up and recovery, then check the student/teacher layer map."""
         super().on_fit_start()
-        if not self.guidance.weights(self.optimizer_step).guided:
-            return
-        teacher, _ = self.guidance.teacher(self.optimizer_step)
-        check_layer_compatibility(
-            teacher, self.modules.student, getattr(self.hparams, "distill_layers", None)
-        )
+        if self.guidance.weights(self.optimizer_step).guided:
+            teacher, _ = self.guidance.teacher(self.optimizer_step)
+            check_layer_compatibility(
+                teacher, self.modules.student, getattr(self.hparams, "distill_layers", None)
+            )
+        # after the teacher load above, which may draw random numbers (head init)
+        if self._recovered_rng is not None:
+            set_rng_state(self._recovered_rng)
+            self._recovered_rng = None
 
     def compute_forward(self, batch, stage):
         """Student forward; teacher forward (no_grad) only when training and guided."""
@@ -112,9 +195,10 @@ class CALDBrain(sb.core.Brain):
                 )
         terms = weights.combine(self.task.loss(student, batch), kd, ld)
         self.step_terms = {k: float(v.detach()) for k, v in terms.items()}
-        for k, v in self.step_terms.items():
-            self.term_sums[k] += v
-        self.term_count += 1
+        if all(np.isfinite(v) for v in self.step_terms.values()):  # skipped ones stay out
+            for k, v in self.step_terms.items():
+                self.term_sums[k] += v
+            self.term_count += 1
         if stage == sb.Stage.TRAIN:
             logger.debug("step %d terms %s", self.optimizer_step, self.step_terms)
         else:
@@ -133,20 +217,63 @@ class CALDBrain(sb.core.Brain):
             ).mean()
         return kd_loss(student.logits, teacher.logits, student.logits_mask, temperature)
 
-    def on_fit_batch_start(self, batch, should_step):
-        """Set the LR for the optimizer step this batch completes (warm-up included)."""
-        if should_step and hasattr(self.hparams, "lr_scheduler"):
+    def check_loss_isfinite(self, loss):
+        """Brain's non-finite check (called before backward), extended to every loss
+        term: a non-finite batch marks its accumulation window for no update, is
+        counted, and more than `nonfinite_patience` of them in one epoch stop the run."""
+        bad = [k for k, v in self.step_terms.items() if not np.isfinite(v)]
+        if not bad and torch.isfinite(loss):
+            return
+        self._skip_update = True
+        self.nonfinite_count += 1  # reset by Brain at each epoch start
+        self.nonfinite_skipped += 1
+        where = f"optimizer step {self.optimizer_step + 1} (batch {self.step} of the epoch)"
+        terms = ", ".join(f"{k}={self.step_terms.get(k)}" for k in bad) or f"loss={loss}"
+        if self.nonfinite_count > self.nonfinite_patience:
+            raise NonFiniteLossError(
+                f"Non-finite loss at {where}: {terms}. {self.nonfinite_count} non-finite "
+                f"batches this epoch exceed nonfinite_patience={self.nonfinite_patience}; "
+                "stopping. Lower the LR, check the data (bad_data) or run with "
+                "torch.autograd.detect_anomaly() to find the cause."
+            )
+        logger.warning(
+            "Non-finite loss at %s: %s; update skipped (%d this epoch, patience %d)",
+            where,
+            terms,
+            self.nonfinite_count,
+            self.nonfinite_patience,
+        )
+
+    def optimizers_step(self):
+        """Set the LR for this step (warm-up included), then Brain's step (unscale,
+        clip, step); a window with a non-finite loss (on any process) drops its
+        gradients instead."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor(float(self._skip_update), device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            self._skip_update = bool(flag.item())
+        if self._skip_update:
+            self.zero_grad(set_to_none=True)
+            return
+        if hasattr(self.hparams, "lr_scheduler"):
             self.hparams.lr_scheduler(self.optimizer)
+        super().optimizers_step()
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Guidance hooks after each optimizer step (teacher update, waypoints)."""
-        if should_step:
+        if not should_step:
+            return
+        if self._skip_update:
+            self._skip_update = False
+        else:
             self.guidance.on_step_end(self, batch, self.optimizer_step)
 
     def on_stage_start(self, stage, epoch=None):
-        """Reset the term averages and, outside training, the metrics."""
-        self.term_sums = dict.fromkeys(TERMS, 0.0)
-        self.term_count = 0
+        """Reset the term averages (unless a training epoch resumes mid-way from an
+        intra-epoch checkpoint: Brain's `step` > 0) and, outside training, the metrics."""
+        if stage != sb.Stage.TRAIN or self.step == 0:
+            self.term_sums = dict.fromkeys(TERMS, 0.0)
+            self.term_count = 0
         if stage != sb.Stage.TRAIN:
             self.metrics = self.task.metrics()
 
@@ -175,6 +302,31 @@ class CALDBrain(sb.core.Brain):
                 )
         elif train_logger is not None:
             train_logger.log_stats({"step": self.optimizer_step}, test_stats=stats)
+
+    @mark_as_saver
+    def _save(self, path):
+        """Brain's counters plus the epoch's term sums, skip count and RNG states."""
+        state = {
+            "step": self.step,
+            "avg_train_loss": float(self.avg_train_loss),
+            "optimizer_step": self.optimizer_step,
+            "term_sums": dict(self.term_sums),
+            "term_count": self.term_count,
+            "nonfinite_skipped": self.nonfinite_skipped,
+            "rng": rng_state(),
+        }
+        torch.save(state, path)
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        """Restore `_save`; the RNG states are applied at the end of `on_fit_start`."""
+        del end_of_epoch
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.step, self.optimizer_step = state["step"], state["optimizer_step"]
+        self.avg_train_loss = state["avg_train_loss"]
+        self.term_sums, self.term_count = state["term_sums"], state["term_count"]
+        self.nonfinite_skipped = state["nonfinite_skipped"]
+        self._recovered_rng = state["rng"]
 
     def ckpt_keys(self):
         """min_keys / max_keys for the best checkpoint (default: lowest loss)."""

@@ -268,3 +268,161 @@ def run_prep(
         logger.info("%s: wrote %s (%d rows, %.2f h)", corpus, path, len(rows), hours)
     record_prep(save_folder, corpus, options, counts)
     return paths
+
+
+def prepare_splits(
+    corpus: str,
+    data_folder,
+    save_folder,
+    read_splits: Callable[[str, int], Mapping[str, Sequence[Mapping]]],
+    required: Sequence[str],
+    layout: str,
+    skip_prep: bool = False,
+    sample_rate: int = 16000,
+) -> dict[str, str]:
+    """The body of a prepare function whose manifests depend only on the data
+    folder and the sample rate (the `recipe.main` signature plus the corpus parts).
+
+    `corpus` names it in messages; lower-cased, it names the preparation record.
+    Checks the `required` entries of the layout (unless `skip_prep`), then runs
+    `run_prep` with `read_splits(absolute data_folder, sample_rate)` -> `{split:
+    rows}` as its build step. Returns `{split: csv_path}`.
+    """
+    data_folder = os.path.abspath(data_folder)
+    if not skip_prep:
+        check_layout(data_folder, required, corpus, layout)
+    options = {"data_folder": data_folder, "sample_rate": sample_rate}
+    return run_prep(
+        corpus.lower(),
+        save_folder,
+        options,
+        lambda: read_splits(data_folder, sample_rate),
+        skip_prep=skip_prep,
+    )
+
+
+# --------------------------------------------------------------------------- screening
+
+BAD_DATA_POLICIES = ("skip", "error")
+MAX_ROW_WARNINGS = 20  # per manifest; the summary line still counts every bad row
+
+
+class RowCheck:
+    """One check of a manifest row at load time: `func(row)` returns a problem
+    (str) or None. `name` labels the problem in the skip counts; `columns` are the
+    manifest columns it reads (they become required columns)."""
+
+    def __init__(self, name: str, columns: Sequence[str], func: Callable[[Mapping], str | None]):
+        self.name, self.columns, self.func = name, tuple(columns), func
+
+    def __call__(self, row: Mapping) -> str | None:
+        return self.func(row)
+
+
+def audio_row_check(min_duration: float = 0.0, expected_sr: int | None = None) -> RowCheck:
+    """The `wav` file exists, is readable by soundfile, has samples (and the sample
+    rate) and lasts at least `min_duration` seconds (from its header: cheap)."""
+
+    def check(row):
+        try:
+            audio_info(row["wav"], expected_sr=expected_sr, min_duration=min_duration)
+        except DataPrepError as err:
+            return str(err)
+        return None
+
+    return RowCheck("audio", ("wav",), check)
+
+
+def vocab_row_check(column: str, vocab: Sequence[str], word_delimiter: str = "|") -> RowCheck:
+    """Every character of the transcript in `column` (spaces as `word_delimiter`) is
+    in `vocab`."""
+    known = set(vocab)
+
+    def check(row):
+        text = " ".join(row[column].split())
+        outside = sorted({c for c in text.replace(" ", word_delimiter) if c not in known})
+        if outside:
+            return f"characters outside the vocabulary in {column!r}: {outside}"
+        return None
+
+    return RowCheck("vocabulary", (column,), check)
+
+
+def label_row_check(column: str, labels: Sequence[str]) -> RowCheck:
+    """The label in `column` is one of `labels` (those seen in the training set)."""
+    known = set(labels)
+
+    def check(row):
+        if row[column] not in known:
+            return f"label {row[column]!r} in {column!r} was not seen in the training set"
+        return None
+
+    return RowCheck("label", (column,), check)
+
+
+def _row_problem(row: Mapping, required: Sequence[str], checks: Sequence[RowCheck]):
+    """(check name, problem) of the first thing wrong with a csv.DictReader row."""
+    if row.get(None):  # csv.DictReader's restkey: more fields than the header
+        return "columns", f"{len(row[None])} more field(s) than the header"
+    missing = [c for c in required if row.get(c) in (None, "")]
+    if missing:
+        return "columns", f"missing value(s) for column(s) {', '.join(missing)}"
+    try:
+        float(row["duration"])
+    except ValueError:
+        return "columns", f"duration {row['duration']!r} is not a number"
+    for check in checks:
+        problem = check(row)
+        if problem:
+            return check.name, problem
+    return None
+
+
+def load_manifest(path, checks: Sequence[RowCheck] = (), bad_data: str = "skip") -> dict:
+    """A SpeechBrain CSV manifest as `{ID: row}` (duration as float: what
+    `DynamicItemDataset` takes, as `speechbrain.dataio.dataio.load_data_csv` returns),
+    screened row by row before any training starts.
+
+    A row is bad when it has fewer or more fields than the header, an empty required
+    column (`ID,duration,wav` and the columns of `checks`), a non-numeric duration, a
+    duplicate ID, or fails a check (unreadable / empty / too-short audio, characters
+    outside the vocabulary, a label unseen in training, ...). bad_data="skip" drops
+    bad rows, each with a warning naming the file, line and ID, plus one summary
+    warning with the counts per problem; "error" raises `DataPrepError` at the first
+    bad row, naming the file, line and ID. A header without a required column is an
+    error either way.
+    """
+    if bad_data not in BAD_DATA_POLICIES:
+        raise ValueError(f"bad_data must be one of {BAD_DATA_POLICIES}, not {bad_data!r}")
+    required = list(dict.fromkeys([*MANIFEST_HEAD, *(c for ch in checks for c in ch.columns)]))
+    data, skipped = {}, {}
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        absent = [c for c in required if c not in (reader.fieldnames or [])]
+        if absent:
+            raise file_error(path, f"manifest header lacks column(s) {', '.join(absent)}", 1)
+        for row in reader:
+            found = _row_problem(row, required, checks)
+            if found is None and row["ID"] in data:
+                found = "columns", "duplicate ID"
+            if found is None:
+                data[row["ID"]] = {k: v for k, v in row.items() if k != "ID"}
+                data[row["ID"]]["duration"] = float(row["duration"])
+                continue
+            name, problem = found
+            where = f"row ID {row.get('ID')!r}: {problem}"
+            if bad_data == "error":
+                raise file_error(path, f"{where} (bad_data: skip drops such rows)", reader.line_num)
+            skipped[name] = skipped.get(name, 0) + 1
+            if sum(skipped.values()) <= MAX_ROW_WARNINGS:
+                logger.warning("%s:%d: skipping %s", path, reader.line_num, where)
+    if skipped:
+        counts = ", ".join(f"{k}: {n}" for k, n in sorted(skipped.items()))
+        logger.warning(
+            "%s: skipped %d of %d rows (%s); bad_data: error stops at the first instead",
+            path,
+            sum(skipped.values()),
+            sum(skipped.values()) + len(data),
+            counts,
+        )
+    return data

@@ -100,7 +100,7 @@ class Guidance:
     @mark_as_loader
     def _load(self, path, end_of_epoch):
         del end_of_epoch
-        self.load_state_dict(torch.load(path, map_location=self.device))
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
 
     def _convert(self, model):
         """Replace attention by lobes (a deep copy) unless no student config is set."""
@@ -226,10 +226,25 @@ class Trajectory(Guidance):
             outputs = self.task.forward(self.model, batch, sb.Stage.TRAIN, self.heads)
             loss = self.task.loss(outputs, batch)
         loss.backward()
+        self._average_gradients()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.train(self.teacher_train_mode)
         self.updates += 1
+
+    def _average_gradients(self):
+        """Under DDP each process updates the teacher on its own batch: average the
+        gradients over processes so every copy of the teacher stays identical (the
+        teacher is not a Brain module, so DDP does not do it)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        world = torch.distributed.get_world_size()
+        for param in self._parameters():
+            if param.requires_grad:
+                if param.grad is None:  # unused on this process: contribute zeros
+                    param.grad = torch.zeros_like(param)
+                torch.distributed.all_reduce(param.grad)
+                param.grad /= world
 
     def state_dict(self):
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}

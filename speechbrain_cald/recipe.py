@@ -15,27 +15,32 @@ Training length is counted in optimizer steps: one SpeechBrain "epoch" is
 checkpoints come every `eval_every_steps` steps.
 """
 
+import io
 import json
 import logging
 import os
 import sys
 
+import ruamel.yaml
 import speechbrain as sb
 import torch
 import transformers
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio import audio_io
-from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.dataio.sampler import DynamicBatchSampler, ReproducibleRandomSampler
+from speechbrain.utils.data_pipeline import DynamicItem
 
-from speechbrain_cald.brain import CALDBrain
+from speechbrain_cald import dataprep, inference
+from speechbrain_cald.brain import CALDBrain, unwrapped
 from speechbrain_cald.dataprep import resample
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
 METRICS_FILE = "test_metrics.json"
+BASE_KEY = "base_hparams"  # a corpus YAML's base recipe YAML
+MERGED_HPARAMS_FILE = "hparams_merged.yaml"  # a based YAML merged, before overrides
 
 
 def prepare_pretrained(task, folder, hub=None, config=None, overrides=None, seed=0):
@@ -85,35 +90,33 @@ def label_pipelines(label_columns, train_csv, encoder_folder, num_classes):
     manifest and saved as `<encoder_folder>/<head>_encoder.txt` (reloaded when
     present, so dev/test and later inference use the same indices); it must fit in
     the head's `num_classes[head]` outputs. The raw column is read as `<head>_label`
-    (see `load_datasets`).
+    (see `load_datasets`). Each item's `row_check` screens dev/test rows for labels
+    the encoder has not seen.
     """
-    rows = load_data_csv(train_csv).values()
+    rows = dataprep.read_csv_manifest(train_csv)  # rows with a missing label are screened
     items = []
     for head, column in label_columns.items():
         encoder = CategoricalEncoder()
         encoder.load_or_create(
-            os.path.join(encoder_folder, f"{head}_encoder.txt"),
-            from_iterables=[[row[column] for row in rows]],
+            label_encoder_file(encoder_folder, head),
+            from_iterables=[[row[column] for row in rows if row.get(column)]],
         )
         if len(encoder) > num_classes[head]:
             raise ValueError(
                 f"{len(encoder)} {head} labels in {train_csv}, but the head has "
                 f"{num_classes[head]} outputs"
             )
-        items.append(
-            {
-                "func": encoder.encode_label,
-                "takes": [f"{head}_label"],
-                "provides": head,
-            }
-        )
+        item = DynamicItem([f"{head}_label"], encoder.encode_label, [head])
+        item.row_check = dataprep.label_row_check(column, list(encoder.lab2ind))
+        items.append(item)
     return items
 
 
 def char_pipeline(vocab, column, word_delimiter="|", unk="<unk>"):
     """Dynamic item transcript column -> `words` (str) and `tokens` (char indices).
 
-    Spaces become `word_delimiter`; characters outside `vocab` become `unk`.
+    Spaces become `word_delimiter`; characters outside `vocab` become `unk` (rows
+    holding any are screened out first by the item's `row_check`, see `load_datasets`).
     """
     index = {token: i for i, token in enumerate(vocab)}
 
@@ -125,6 +128,7 @@ def char_pipeline(vocab, column, word_delimiter="|", unk="<unk>"):
         chars = words.replace(" ", word_delimiter)
         yield torch.LongTensor([index.get(c, index[unk]) for c in chars])
 
+    encode.row_check = dataprep.vocab_row_check(column, vocab, word_delimiter)
     return encode
 
 
@@ -141,16 +145,30 @@ def classification_items(hparams, manifests):
     return items, ["id", "sig", *hparams["label_columns"]]
 
 
-def load_datasets(manifests, items, output_keys, label_columns=None, max_duration=None):
+def load_datasets(
+    manifests,
+    items,
+    output_keys,
+    label_columns=None,
+    max_duration=None,
+    bad_data="skip",
+    min_duration=0.0,
+):
     """`{split: DynamicItemDataset}` from the prepare step's `{split: csv}`.
 
     items: dynamic items (functions or `add_dynamic_item` dicts). Label columns are
     renamed `<head>_label` so the encoded label can take the head's name. Training
-    utterances longer than `max_duration` seconds are dropped.
+    utterances longer than `max_duration` seconds are dropped. Before that, every
+    row is screened (`dataprep.load_manifest`): missing fields, unreadable / empty /
+    shorter than `min_duration` audio, and the items' `row_check`s (characters
+    outside the vocabulary, labels unseen in training); `bad_data` = "skip" drops
+    such rows with counted warnings, "error" stops naming the file, line and ID.
     """
+    checks = [dataprep.audio_row_check(min_duration)]
+    checks += [item.row_check for item in items if hasattr(item, "row_check")]
     datasets = {}
     for split in SPLITS:
-        data = load_data_csv(manifests[split])
+        data = dataprep.load_manifest(manifests[split], checks, bad_data)
         for row in data.values():
             for head, column in (label_columns or {}).items():
                 row[f"{head}_label"] = row.pop(column)
@@ -215,13 +233,14 @@ def train_batch_sampler(train_set, hparams):
     return StepBatchSampler(sampler, steps) if steps else sampler
 
 
-def run(hparams, run_opts, datasets):
+def run(hparams, run_opts, datasets, tokenizer=None):
     """Build the CALDBrain, fit, test the best checkpoint, write metrics, export.
 
     Writes `<output_folder>/test_metrics.json` (test stats and the step reached),
-    `<output_folder>/test_<metric>.txt` (per-utterance details, e.g. the WER file)
-    and the best model as an HF folder in `export_folder` (a std run's export is the
-    teacher of target / src_init). Returns the test stats.
+    `<output_folder>/test_<metric>.txt` (per-utterance details, e.g. the WER file),
+    the best model as an HF folder in `export_folder` (a std run's export is the
+    teacher of target / src_init) and as an inference folder (`export_inference`;
+    text recipes pass their `tokenizer`). Returns the test stats.
     """
     brain = CALDBrain(
         opt_class=hparams["opt_class"],
@@ -239,6 +258,9 @@ def run(hparams, run_opts, datasets):
         train_loader_kwargs={
             "batch_sampler": batch_sampler,
             "num_workers": hparams.get("num_workers", 0),
+            # its own generator: starting an epoch's iterator draws no global random
+            # number, so a resumed run's dropout / masking RNG stays in step
+            "generator": torch.Generator().manual_seed(hparams["seed"]),
         },
         valid_loader_kwargs=eval_kwargs,
     )
@@ -247,6 +269,10 @@ def run(hparams, run_opts, datasets):
     stats = {**brain.last_stage_stats, "step": brain.optimizer_step}
     write_test_files(brain, hparams["output_folder"], stats)
     brain.export(hparams["export_folder"])
+    export_inference(brain, hparams, tokenizer)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # torchrun: every process done, then leave cleanly
+        torch.distributed.destroy_process_group()
     return stats
 
 
@@ -260,12 +286,82 @@ def write_test_files(brain, folder, stats):
             metric.write_stats(f)
 
 
-def setup_experiment(argv=None):
-    """Parse `train.py hparams.yaml [--key value ...]`, load the YAML with the
-    overrides and create the experiment folder; returns (hparams, run_opts)."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv or sys.argv[1:])
+def label_encoder_file(folder, head):
+    """Where `label_pipelines` keeps the label encoder of `head`."""
+    return os.path.join(folder, f"{head}_encoder.txt")
+
+
+@sb.utils.distributed.main_process_only
+def export_inference(brain, hparams, tokenizer=None):
+    """The best model (loaded by the test stage) as a `speechbrain_cald.inference`
+    folder in `<output_folder>/inference` (or the YAML's `inference_folder`): the heads
+    with the label encoders of `label_pipelines`, the CTC vocabulary of the task, or
+    the text recipe's `tokenizer`. Returns the folder."""
+    folder = hparams.get("inference_folder") or os.path.join(hparams["output_folder"], "inference")
+    label_encoders = None
+    if hparams.get("label_columns"):
+        label_encoders = {}
+        for head in hparams["label_columns"]:
+            label_encoders[head] = CategoricalEncoder()
+            label_encoders[head].load(label_encoder_file(hparams["save_folder"], head))
+    inference.export_inference_folder(
+        folder,
+        brain.task,
+        unwrapped(brain.modules.student),  # the bare modules under DDP
+        unwrapped(brain.heads),
+        label_encoders=label_encoders,
+        tokenizer=tokenizer,
+        sample_rate=hparams.get("sample_rate", 16000),
+    )
+    logger.info("Inference folder written to %s", folder)
+    return folder
+
+
+def merge_base_hparams(hparams_file):
+    """YAML text of `hparams_file` merged into the base YAML it names; None if none.
+
+    A new corpus reuses a recipe's YAML instead of copying it: its YAML names that
+    file under `base_hparams` (a path relative to itself) and lists only what differs
+    (`data_folder` comment, `output_root`, `num_classes`, `label_columns`, ...). Each
+    of its top-level keys replaces the base's value whole, so a mapping such as
+    `num_classes: {intent: 10}` drops the base's heads (command-line overrides, by
+    contrast, merge mappings key by key); keys the base lacks are added. The base may
+    itself name a base. Tags (`!ref`, `!new:` ...) are kept, so the base's references
+    see the corpus values when the merged text is loaded.
+    """
+    yaml = ruamel.yaml.YAML()
     with open(hparams_file, encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(f, overrides)
+        tree = yaml.load(f)
+    if not isinstance(tree, dict) or BASE_KEY not in tree:
+        return None
+    base_file = os.path.join(os.path.dirname(os.path.abspath(hparams_file)), tree.pop(BASE_KEY))
+    base_text = merge_base_hparams(base_file)
+    if base_text is None:
+        with open(base_file, encoding="utf-8") as f:
+            base_text = f.read()
+    merged = yaml.load(base_text)
+    merged.update(tree)
+    stream = io.StringIO()
+    yaml.dump(merged, stream)
+    return stream.getvalue()
+
+
+def setup_experiment(argv=None):
+    """Parse `train.py hparams.yaml [--key value ...]`, load the YAML (merged into its
+    base, see `merge_base_hparams`) with the overrides and create the experiment
+    folder; returns (hparams, run_opts)."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv or sys.argv[1:])
+    sb.utils.distributed.ddp_init_group(run_opts)  # torchrun: one process per device
+    merged = merge_base_hparams(hparams_file)
+    with open(hparams_file, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f if merged is None else merged, overrides)
+    if merged is not None:  # hyperparams.yaml is resolved from the merged text
+        hparams_file = os.path.join(hparams["output_folder"], MERGED_HPARAMS_FILE)
+        if sb.utils.distributed.if_main_process():
+            os.makedirs(hparams["output_folder"], exist_ok=True)
+            with open(hparams_file, "w", encoding="utf-8") as f:
+                f.write(merged)
+        sb.utils.distributed.ddp_barrier()
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
@@ -278,7 +374,8 @@ def main(prepare, dataset_items, argv=None):
     """`python train.py hparams/<file>.yaml [--key value ...]` for one speech recipe.
 
     prepare: the corpus prepare function (data_folder, save_folder, skip_prep,
-    sample_rate) writing `<manifest_folder>/{train,dev,test}.csv`.
+    sample_rate, plus the YAML's `prepare_options` if any) writing
+    `<manifest_folder>/{train,dev,test}.csv`.
     dataset_items: (hparams, {split: csv}) -> (dynamic items, output keys).
     """
     hparams, run_opts = setup_experiment(argv)
@@ -289,6 +386,7 @@ def main(prepare, dataset_items, argv=None):
             "save_folder": hparams["manifest_folder"],
             "skip_prep": hparams["skip_prep"],
             "sample_rate": hparams["sample_rate"],
+            **(hparams.get("prepare_options") or {}),  # corpus-specific prepare options
         },
     )
     sb.utils.distributed.run_on_main(
@@ -309,5 +407,7 @@ def main(prepare, dataset_items, argv=None):
         output_keys,
         hparams.get("label_columns"),
         hparams.get("max_duration"),
+        hparams.get("bad_data", "skip"),
+        hparams.get("min_duration", 0.0),
     )
     return run(hparams, run_opts, datasets)

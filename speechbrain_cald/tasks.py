@@ -83,7 +83,7 @@ class Task:
         heads = self.make_heads(model.config)
         heads_path = os.path.join(folder, HEADS_FILE)
         if heads is not None and os.path.exists(heads_path):
-            heads.load_state_dict(torch.load(heads_path, map_location="cpu"))
+            heads.load_state_dict(torch.load(heads_path, map_location="cpu", weights_only=True))
         return model, heads
 
     def save(self, folder, model, heads=None):

@@ -84,7 +84,7 @@ class WarmupCosineLRSchedule:
     @checkpoints.mark_as_loader
     def _load(self, path, end_of_epoch=False):
         del end_of_epoch
-        self.step = torch.load(path)["step"]
+        self.step = torch.load(path, weights_only=True)["step"]
 
 
 def size_schedule(hparams, n_train):
@@ -129,4 +129,4 @@ def main(prepare, dataset_items, argv=None):
     items, output_keys = dataset_items(hparams, tokenizer)
     datasets = load_datasets(hparams["manifest_folder"], items, output_keys)
     size_schedule(hparams, len(datasets["train"]))
-    return recipe.run(hparams, run_opts, datasets)
+    return recipe.run(hparams, run_opts, datasets, tokenizer=tokenizer)

@@ -17,16 +17,21 @@ def read_table(name):
         return list(csv.DictReader(f))
 
 
-def run_train(row, output_root, args):
-    """`python train.py <row's yaml> <args> --output_root ...` in the row's recipe
-    folder, offline on CPU with one thread; fails with its stderr; returns seconds."""
+def train_command(row, output_root, args, launcher=(sys.executable,)):
+    """(command, cwd, env) of `python train.py <row's yaml> <args> --output_root ...`
+    in the row's recipe folder, offline on CPU with one thread; `launcher` replaces
+    `python` (e.g. a torchrun command line)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "train.py", row["Hparam_file"], *args]
+    cmd = [*launcher, "train.py", row["Hparam_file"], *args]
     cmd += ["--output_root", str(output_root), "--device", "cpu", "--noprogressbar"]
+    return cmd, os.path.join(ROOT, "recipes", row["Recipe"]), env
+
+
+def run_train(row, output_root, args, launcher=(sys.executable,)):
+    """Run `train_command`; fails with its stderr; returns seconds."""
+    cmd, cwd, env = train_command(row, output_root, args, launcher)
     start = time.time()
-    result = subprocess.run(
-        cmd, cwd=os.path.join(ROOT, "recipes", row["Recipe"]), env=env, capture_output=True
-    )
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     return time.time() - start
 
