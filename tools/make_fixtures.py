@@ -310,7 +310,10 @@ def make_slurp(root, size, synth, seed):
 
 def make_voxceleb1(root, size, synth, seed):
     """VoxCeleb1 layout: wav/<spk>/<video>/<utt>.wav + iden_split.txt (1/2/3)."""
-    n_spk, n_vid, n_utt = {"tiny": (3, 2, 2), "learnable": (5, 4, 6)}[size]
+    # learnable: 32 train / 8 dev / 8 test utterances per speaker; with 16 train
+    # utterances of random words a tiny model memorises their content instead of
+    # the voice (tests/recipes/test_recipes.py, LEARNABLE_MODEL)
+    n_spk, n_vid, n_utt = {"tiny": (3, 2, 2), "learnable": (5, 4, 12)}[size]
     letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
     lines, counts = [], {"1": 0, "2": 0, "3": 0}
     for s in range(n_spk):

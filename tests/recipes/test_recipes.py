@@ -3,7 +3,9 @@
 Each row of recipes.csv is one recipe YAML with the flags that make it tiny. A row
 runs its workflow as subprocesses, `python train.py <yaml> --data_folder ...`:
 std (the teacher and waypoints) -> every CALD mode -> test evaluation, and each run
-must write its metric files. The `slow` test trains on the learnable fixture.
+must write its metric files. The `slow` test trains on the learnable fixture. An
+example new corpus (tests/recipes/new_corpus) runs on a YAML that names a recipe's
+YAML as its base.
 """
 
 import os
@@ -12,7 +14,10 @@ import subprocess
 import sys
 
 import pytest
+import ruamel.yaml
 from recipe_runner import ROOT, read_table, run_metrics, run_train
+
+from speechbrain_cald.dataprep import iter_lines
 
 ROWS = read_table("recipes.csv")
 # (run name, flags) after std; hybrid = target with L_LD / L_KD off from step 2
@@ -65,6 +70,46 @@ def test_recipe_workflow(row, tiny_data, tmp_path):
     print(row["Recipe"], {k: round(v, 1) for k, v in seconds.items()})
 
 
+# The example new corpus: a recipe folder outside `recipes/` whose YAML names the
+# VoxCeleb1 SID YAML as its base (see its README section "Extending to a new corpus")
+NEW_CORPUS = {
+    "Recipe": os.path.join(os.pardir, "tests", "recipes", "new_corpus"),
+    "Hparam_file": "hparams/wav2vec2_cald.yaml",
+}
+
+
+def labelled_folders(voxceleb1, out):
+    """The VoxCeleb1 fixture laid out as the example corpus reads it,
+    `out/{train,dev,test}/<spk>/<video>--<utt>.wav` (symbolic links)."""
+    splits = {"1": "train", "2": "dev", "3": "test"}
+    for _, line in iter_lines(os.path.join(voxceleb1, "iden_split.txt")):
+        split, rel = line.split()
+        spk, video, utt = rel.split("/")
+        link = os.path.join(out, splits[split], spk, f"{video}--{utt}")
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(os.path.join(voxceleb1, "wav", rel), link)
+    return out
+
+
+def test_new_corpus_reuses_base_yaml(tiny_data, tmp_path):
+    """A corpus written outside speechbrain_cald (prepare function, 3-line train.py,
+    a YAML of 4 keys on the VoxCeleb1 base) runs std and a guided mode; its head
+    replaces the base's (a key-by-key merge would keep the `speaker` head, whose
+    `spk_id` column this corpus lacks) and the rest is the base's."""
+    vox = next(r for r in ROWS if r["Recipe"] == "VoxCeleb1/SID")
+    data = labelled_folders(os.path.join(tiny_data, vox["Fixture_root"]), tmp_path / "data")
+    args = ["--data_folder", str(data), *shlex.split(vox["test_flags"])]
+    run_train(NEW_CORPUS, tmp_path, [*args, "--mode", "std"])
+    std = run_metrics(tmp_path, "std")
+    assert "label_acc" in std and "speaker_acc" not in std, std
+    with open(tmp_path / "std" / "1986" / "hyperparams.yaml", encoding="utf-8") as f:
+        saved = ruamel.yaml.YAML().load(f)  # round-trip: tags kept, nothing built
+    assert saved["num_classes"] == {"label": 8} and saved["label_columns"] == {"label": "label"}
+    assert saved["lr"] == 3e-4 and saved["loss_weights"]["ld"] == 30.0  # the base's
+    run_train(NEW_CORPUS, tmp_path, [*args, "--mode", "target"])
+    assert first_and_last(tmp_path, "target", "ld")[0] > 0
+
+
 def first_and_last(output_root, run_name, key, seed="1986"):
     """`train <key>` of the first and the last epoch from train_log.txt."""
     with open(os.path.join(output_root, run_name, seed, "train_log.txt"), encoding="utf-8") as f:
@@ -78,12 +123,19 @@ def first_and_last(output_root, run_name, key, seed="1986"):
 
 
 # The learnable fixture's model: a random tiny Wav2Vec2 whose CNN is trained too (a
-# frozen random CNN is the bottleneck; freezing is for pretrained encoders only),
-# receptive field ~25 ms at 10 ms hop, no dropout / layerdrop / time masking.
+# frozen random CNN is the bottleneck; freezing is for pretrained encoders only), at a
+# 10 ms hop, no dropout / layerdrop / time masking. Its first conv has a 25 ms window
+# (400 taps: resolves the harmonics of 90-235 Hz voices) and the CNN uses LayerNorm
+# over channels: the default GroupNorm with one group per channel normalises each
+# band's energy over the utterance, which erases the spectral envelope and pitch that
+# identify a speaker. VoxCeleb1 SID std test acc (300 steps, seed 1986), 40-tap
+# GroupNorm CNN -> this one: 0.55 -> 0.70 with 6 utterances per video, 0.675 -> 0.90
+# with the fixture's 12 (seeds 7 and 2024: 0.925). SLURP: 0.671 -> 0.70.
 LEARNABLE_MODEL = (
     '--wav2vec2_hub null --wav2vec2_config "{hidden_size: 64, num_hidden_layers: 2, '
     "num_attention_heads: 4, intermediate_size: 128, conv_dim: [32, 32, 64], "
-    "conv_stride: [10, 4, 4], conv_kernel: [40, 8, 8], num_conv_pos_embeddings: 8, "
+    "conv_stride: [10, 4, 4], conv_kernel: [400, 8, 8], feat_extract_norm: layer, "
+    "num_conv_pos_embeddings: 8, "
     'num_conv_pos_embedding_groups: 4}" --wav2vec2_overrides "{mask_time_prob: 0.0, '
     "layerdrop: 0.0, hidden_dropout: 0.0, activation_dropout: 0.0, attention_dropout: 0.0, "
     'feat_proj_dropout: 0.0, final_dropout: 0.0}" --freeze_feature_encoder False '

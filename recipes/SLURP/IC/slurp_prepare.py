@@ -23,7 +23,7 @@ import logging
 import os
 import re
 
-from speechbrain_cald.dataprep import audio_info, check_layout, file_error, iter_lines, run_prep
+from speechbrain_cald.dataprep import audio_info, file_error, iter_lines, prepare_splits
 
 logger = logging.getLogger(__name__)
 
@@ -93,42 +93,30 @@ def read_jsonl(path, audio_dir, sample_rate):
     return rows
 
 
+def read_splits(data_folder, sample_rate):
+    """`{split: rows}` of the corpus (the `prepare_splits` build step)."""
+    return {
+        split: [
+            row
+            for jsonl, audio in sources
+            for row in read_jsonl(
+                os.path.join(data_folder, JSONL_DIR, f"{jsonl}.jsonl"),
+                os.path.join(data_folder, audio),
+                sample_rate,
+            )
+        ]
+        for split, sources in SPLITS.items()
+    }
+
+
 def prepare_slurp(data_folder, save_folder, skip_prep=False, sample_rate=16000):
-    """Prepare SLURP manifests `train.csv` (real + synthetic), `dev.csv`, `test.csv`.
-
-    Arguments
-    ---------
-    data_folder : str
-        SLURP root (holding `dataset/slurp/`, `slurp_real/`, `slurp_synth/`).
-    save_folder : str
-        Where the manifests (and the options record) go.
-    skip_prep : bool
-        If True, do nothing.
-    sample_rate : int
-        Expected sample rate of every recording (a mismatch is an error).
-
-    Returns
-    -------
-    dict mapping split -> manifest path.
+    """Prepare SLURP manifests `train.csv` (real + synthetic), `dev.csv`, `test.csv`
+    in `save_folder` from the SLURP root `data_folder` (holding `dataset/slurp/`,
+    `slurp_real/`, `slurp_synth/`); every recording must be at `sample_rate`.
+    Nothing is done with `skip_prep`. Returns `{split: manifest path}`.
     """
-    data_folder = os.path.abspath(data_folder)
-    if not skip_prep:
-        jsonls = [os.path.join(JSONL_DIR, f"{j}.jsonl") for v in SPLITS.values() for j, _ in v]
-        check_layout(data_folder, jsonls + ["slurp_real", "slurp_synth"], "SLURP", LAYOUT)
-    options = {"data_folder": data_folder, "sample_rate": sample_rate}
-
-    def build():
-        return {
-            split: [
-                row
-                for jsonl, audio in sources
-                for row in read_jsonl(
-                    os.path.join(data_folder, JSONL_DIR, f"{jsonl}.jsonl"),
-                    os.path.join(data_folder, audio),
-                    sample_rate,
-                )
-            ]
-            for split, sources in SPLITS.items()
-        }
-
-    return run_prep("slurp", save_folder, options, build, skip_prep=skip_prep)
+    jsonls = [os.path.join(JSONL_DIR, f"{j}.jsonl") for v in SPLITS.values() for j, _ in v]
+    required = jsonls + ["slurp_real", "slurp_synth"]
+    return prepare_splits(
+        "SLURP", data_folder, save_folder, read_splits, required, LAYOUT, skip_prep, sample_rate
+    )

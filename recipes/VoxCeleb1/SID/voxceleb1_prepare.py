@@ -22,10 +22,9 @@ import os
 from speechbrain_cald.dataprep import (
     DataPrepError,
     audio_info,
-    check_layout,
     file_error,
     iter_lines,
-    run_prep,
+    prepare_splits,
 )
 
 logger = logging.getLogger(__name__)
@@ -37,12 +36,18 @@ SPLIT_FILE = "iden_split.txt"
 
 
 def wav_roots(data_folder):
-    """The folders holding `<spk>/<video>/<utt>.wav` (`wav/`, or the two archives' `wav/`)."""
+    """The folders holding `<spk>/<video>/<utt>.wav` (`wav/`, or the two archives' `wav/`);
+    raises `DataPrepError` when there is none."""
     flat = os.path.join(data_folder, "wav")
     if os.path.isdir(flat):
         return [flat]
     parts = [os.path.join(data_folder, d, "wav") for d in ("vox1_dev_wav", "vox1_test_wav")]
-    return [p for p in parts if os.path.isdir(p)]
+    roots = [p for p in parts if os.path.isdir(p)]
+    if not roots:
+        raise DataPrepError(
+            f"VoxCeleb1 data folder {data_folder} is missing: {flat}\nExpected layout:\n{LAYOUT}"
+        )
+    return roots
 
 
 def read_split_file(path, roots, sample_rate):
@@ -70,36 +75,25 @@ def read_split_file(path, roots, sample_rate):
     return splits
 
 
+def read_splits(data_folder, sample_rate):
+    """`{split: rows}` of the corpus (the `prepare_splits` build step)."""
+    roots = wav_roots(data_folder)
+    return read_split_file(os.path.join(data_folder, SPLIT_FILE), roots, sample_rate)
+
+
 def prepare_voxceleb1(data_folder, save_folder, skip_prep=False, sample_rate=16000):
-    """Prepare VoxCeleb1 identification manifests `train.csv`, `dev.csv`, `test.csv`.
-
-    Arguments
-    ---------
-    data_folder : str
-        VoxCeleb1 root (holding `wav/` and `iden_split.txt`).
-    save_folder : str
-        Where the manifests (and the options record) go.
-    skip_prep : bool
-        If True, do nothing.
-    sample_rate : int
-        Expected sample rate of every file (a mismatch is an error).
-
-    Returns
-    -------
-    dict mapping split -> manifest path.
+    """Prepare VoxCeleb1 identification manifests `train.csv`, `dev.csv`, `test.csv`
+    in `save_folder` from the VoxCeleb1 root `data_folder` (holding `wav/` and
+    `iden_split.txt`); every file must be at `sample_rate`. Nothing is done with
+    `skip_prep`. Returns `{split: manifest path}`.
     """
-    data_folder = os.path.abspath(data_folder)
-    if not skip_prep:
-        check_layout(data_folder, [SPLIT_FILE], "VoxCeleb1", LAYOUT)
-        if not wav_roots(data_folder):
-            raise DataPrepError(
-                f"VoxCeleb1 data folder {data_folder} is missing: "
-                f"{os.path.join(data_folder, 'wav')}\nExpected layout:\n{LAYOUT}"
-            )
-    options = {"data_folder": data_folder, "sample_rate": sample_rate}
-
-    def build():
-        roots = wav_roots(data_folder)
-        return read_split_file(os.path.join(data_folder, SPLIT_FILE), roots, sample_rate)
-
-    return run_prep("voxceleb1", save_folder, options, build, skip_prep=skip_prep)
+    return prepare_splits(
+        "VoxCeleb1",
+        data_folder,
+        save_folder,
+        read_splits,
+        [SPLIT_FILE],
+        LAYOUT,
+        skip_prep,
+        sample_rate,
+    )
