@@ -10,15 +10,21 @@ whole sequence in one pass; the teacher (the same wav2vec2 with SDPA attention)
 runs as usual. The teacher's lengths stop at its first failure (out of memory,
 --time-limit or --mem-limit).
 
-Default dims: wav2vec2-base (12 layers, width 768) but with feat_extract_norm="layer"
-(as wav2vec2-large-lv60 / XLS-R): base's GroupNorm CNN cannot be chunked. Quick run:
+Dims (--size): base = wav2vec2-base (12 layers, width 768, CNN 512 channels); small
+= 6 layers, width 256, CNN 128 channels (the size of the committed CPU sweep, see
+docs/BENCHMARKS.md for why not base); tiny = 2 layers, width 32. All use
+feat_extract_norm="layer" (as wav2vec2-large-lv60 / XLS-R): base's GroupNorm CNN
+cannot be chunked. The header line gives the dims, threads and the machine load
+(`os.getloadavg`), since the machine may be shared. Quick run:
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_longform.py --tiny --minutes 0.1 0.5 1
+    OMP_NUM_THREADS=1 python benchmarks/bench_longform.py --size tiny --minutes 0.1 0.5 1
 """
 
 import argparse
 import json
+import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -40,43 +46,63 @@ TINY = dict(
     num_conv_pos_embedding_groups=4,
 )
 TINY_MIXER = {"headdim": 8, "d_state": 8, "chunk_size": 64}
+SMALL = dict(
+    hidden_size=256,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    intermediate_size=1024,
+    conv_dim=(128,) * 7,
+)
+# size -> (Wav2Vec2Config fields, student mixer config); {} = the defaults (base).
+SIZES = {"base": ({}, {}), "small": (SMALL, {}), "tiny": (TINY, TINY_MIXER)}
 
 
-def build(kind, tiny):
+def build(kind, size):
     """Random-weight wav2vec2 (feat_extract_norm "layer") or its BiMamba2 student."""
-    config = Wav2Vec2Config(feat_extract_norm="layer", **(TINY if tiny else {}))
-    model = Wav2Vec2Model(config).eval()
+    fields, mixer = SIZES[size]
+    model = Wav2Vec2Model(Wav2Vec2Config(feat_extract_norm="layer", **fields)).eval()
     if kind == "student":
-        model, _ = convert_to_student(model, {"mixer_config": TINY_MIXER if tiny else {}})
+        model, _ = convert_to_student(model, {"mixer_config": mixer})
     return model.eval()
 
 
-def child(kind, minutes, tiny):
+def child(kind, minutes, size, threads):
     """Measure one (model, length) in this process; print a JSON line."""
-    model = build(kind, tiny)
+    torch.set_num_threads(threads)
+    model = build(kind, size)
     chunk = CHUNK_FRAMES if kind == "student" else None
     with torch.no_grad(), chunked_feature_encoder(model, chunk):
         model(torch.randn(1, SAMPLE_RATE))
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         wav = torch.randn(1, int(minutes * 60 * SAMPLE_RATE))
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         frames = model(wav).last_hidden_state.shape[1]
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"frames": frames, "seconds": seconds, "peak_mib": (peak - base) / 1024}))
+    result = {"frames": frames, "seconds": seconds, "cpu_s": cpu, "peak_mib": (peak - base) / 1024}
+    print(json.dumps(result))
 
 
 def measure(kind, minutes, args):
-    """Run `child` in a subprocess under the limits -> dict (or a failure reason)."""
-    limit = f"ulimit -v {int(args.mem_limit * 2**20)}; " if args.mem_limit else ""
+    """Run `child` in a subprocess under the limits -> dict (or a failure reason).
+
+    --time-limit caps the child's CPU time (soft `ulimit -t`: SIGXCPU), which, unlike
+    wall time, does not depend on what else runs on a shared machine; the wall-clock
+    backstop is 10 times that.
+    """
+    limit = f"ulimit -S -t {int(args.time_limit)}; "
+    limit += f"ulimit -v {int(args.mem_limit * 2**20)}; " if args.mem_limit else ""
     cmd = f"{limit}{sys.executable} {__file__} --child {kind} {minutes}"
-    cmd += " --tiny" if args.tiny else ""
+    cmd += f" --size {args.size} --threads {args.threads}"
+    too_long = {"failed": f"> {args.time_limit:.0f} CPU s"}
     try:
         proc = subprocess.run(
-            ["bash", "-c", cmd], capture_output=True, text=True, timeout=args.time_limit
+            ["bash", "-c", cmd], capture_output=True, text=True, timeout=10 * args.time_limit
         )
     except subprocess.TimeoutExpired:
-        return {"failed": f"> {args.time_limit:.0f} s"}
+        return too_long
+    if proc.returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+        return too_long
     if proc.returncode != 0:
         oom = "MemoryError" in proc.stderr or "alloc" in proc.stderr or proc.returncode < 0
         return {"failed": "out of memory" if oom else proc.stderr.strip().splitlines()[-1]}
@@ -86,27 +112,40 @@ def measure(kind, minutes, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 30, 60])
-    parser.add_argument("--tiny", action="store_true", help="2 layers, width 32")
-    parser.add_argument("--time-limit", type=float, default=1800, help="seconds per run")
+    parser.add_argument("--size", choices=sorted(SIZES), default="base", help="model dims")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--time-limit", type=float, default=1800, help="CPU seconds per run")
     parser.add_argument("--mem-limit", type=float, default=None, help="GiB of address space")
     parser.add_argument("--no-teacher", action="store_true")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "MINUTES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child[0], float(args.child[1]), args.tiny)
+        return child(args.child[0], float(args.child[1]), args.size, args.threads)
 
-    print(f"{'model':8} {'minutes':>8} {'frames':>8} {'time s':>8} {'peak MiB':>9} {'MiB/min':>8}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"# size {args.size}: {SIZES[args.size]}; {args.threads} thread(s); load {load}")
+    # CPU s/min and dMiB/min: growth per minute of audio since the previous length
+    # (constant when linear; the first length's includes the fixed CNN chunk).
+    print(
+        f"{'model':8} {'minutes':>7} {'frames':>7} {'wall s':>7} {'CPU s':>7} "
+        f"{'CPU s/min':>9} {'peak MiB':>8} {'dMiB/min':>8}  load"
+    )
     for kind in ["student"] + ([] if args.no_teacher else ["teacher"]):
+        last = {"minutes": 0, "cpu_s": 0.0, "peak_mib": 0.0}
         for minutes in args.minutes:
             r = measure(kind, minutes, args)
+            load = os.getloadavg()[0]
             if "failed" in r:
-                print(f"{kind:8} {minutes:8g} failed: {r['failed']}", flush=True)
+                print(f"{kind:8} {minutes:7g} failed: {r['failed']}  {load:.2f}", flush=True)
                 break
+            span = minutes - last["minutes"]
             print(
-                f"{kind:8} {minutes:8g} {r['frames']:8d} {r['seconds']:8.1f} "
-                f"{r['peak_mib']:9.0f} {r['peak_mib'] / minutes:8.1f}",
+                f"{kind:8} {minutes:7g} {r['frames']:7d} {r['seconds']:7.1f} {r['cpu_s']:7.1f} "
+                f"{(r['cpu_s'] - last['cpu_s']) / span:9.2f} {r['peak_mib']:8.0f} "
+                f"{(r['peak_mib'] - last['peak_mib']) / span:8.1f}  {load:.2f}",
                 flush=True,
             )
+            last = {"minutes": minutes, **r}
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ load it): ``hyperparams.yaml`` (the model rebuilt from its HF config, embedded i
 file, + ``modules`` + ``pretrainer``), ``encoder.ckpt`` (the model's ``state_dict``,
 read back with ``torch.load(weights_only=True)``), ``heads.ckpt`` and one label
 encoder file per head, ``tokenizer.ckpt`` (CTC vocabulary for ASR, tokenizer.json for
-text). Text models are written as ``model.ckpt`` (module ``model``).
+text). Text models are written as ``model.ckpt`` (module ``model``). Every recipe run
+ends by writing one for its best model (`speechbrain_cald.recipe.export_inference`,
+``<output_folder>/inference``).
 
 Load it with `load_inference_folder` or ``<Interface>.from_hparams(source=folder,
 savedir=...)``: ASR (the stock ``speechbrain.inference.ASR.EncoderASR`` loads an ASR
@@ -203,12 +205,21 @@ class SpeechClassifier(CheckedAudioMixin, Pretrained):
         return self.classify_batch(self.load_audio(path), head=head)
 
 
-def _label_encoder(labels):
-    """A CategoricalEncoder from one as-is or a list of labels (index = position)."""
+def _label_encoder(labels, size):
+    """A new CategoricalEncoder of exactly `size` labels from a CategoricalEncoder or
+    a list of labels (index = position).
+
+    A head may have more outputs than its training set had labels (the recipes size
+    heads for the full corpus): the unused outputs get the labels ``<unused_i>``, so
+    that the interface's ``expect_len`` check holds and every index decodes.
+    """
     if isinstance(labels, CategoricalEncoder):
-        return labels
+        labels = [labels.ind2lab[i] for i in range(len(labels))]
+    labels = list(labels)
+    if len(labels) > size:
+        raise ValueError(f"{len(labels)} labels for a head with {size} outputs")
     encoder = CategoricalEncoder()
-    for label in labels:
+    for label in labels + [f"<unused_{i}>" for i in range(len(labels), size)]:
         encoder.add_label(label)
     return encoder
 
@@ -260,6 +271,10 @@ class TextClassifier(Pretrained):
 
     MODULES_NEEDED = ["model"]
     HPARAMS_NEEDED = ["tokenizer", "label_encoder"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hparams.label_encoder.expect_len(self.mods.model.model.config.num_labels)
 
     def classify_text(self, texts):
         """One string or a list of strings."""
@@ -321,8 +336,8 @@ def _asr_yaml(folder, task, **_):
 def _classifier_yaml(folder, task, model, heads, label_encoders, **_):
     """Heads (rebuilt by UtteranceClassification.make_heads) and one label encoder each."""
     torch.save(heads.state_dict(), os.path.join(folder, "heads.ckpt"))
-    for name in task.head_sizes:
-        _label_encoder(label_encoders[name]).save(
+    for name, size in task.head_sizes.items():
+        _label_encoder(label_encoders[name], size).save(
             os.path.join(folder, f"label_encoder_{name}.ckpt")
         )
     return (
@@ -356,7 +371,7 @@ def _text_yaml(folder, task, model, label_encoders, tokenizer, **_):
     if isinstance(task, CausalLM):
         return None, "TextGenerator", loadables, lines
     labels = label_encoders or [str(i) for i in range(model.config.num_labels)]
-    _label_encoder(labels).save(os.path.join(folder, "label_encoder.ckpt"))
+    _label_encoder(labels, model.config.num_labels).save(os.path.join(folder, "label_encoder.ckpt"))
     lines.append("label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder")
     return (
         None,
@@ -393,7 +408,8 @@ def export_inference_folder(
         model: the HF model (CALD student or transformer), e.g. ``brain.modules.model``.
         heads: the task's heads (UtteranceClassification).
         label_encoders: UtteranceClassification: {head: CategoricalEncoder or list of
-            labels in index order}; SequenceClassification: one of these (default:
+            labels in index order, padded with "<unused_i>" to the head size};
+            SequenceClassification: one of these (default:
             "0".."n-1"); CTCASR: unused (the vocabulary is ``task.vocab``).
         tokenizer: text tasks: an HF fast tokenizer or a `tokenizers.Tokenizer`.
         sample_rate: speech: the model's input rate; other rates are resampled on load.

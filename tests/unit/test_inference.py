@@ -277,3 +277,21 @@ def test_cli_reports_bad_files_and_goes_on(tmp_path, asr_folder, capsys):
     assert out.startswith(f"{good}\t") and len(out.splitlines()) == 1
     assert f"audio file {silent} is silent" in err
     assert "CNN features" in err  # progress bar for the 3 s file
+
+
+def test_head_outputs_beyond_the_training_labels_decode_as_unused(tmp_path):
+    """A recipe head sized for the full corpus, trained on fewer labels, still loads
+    (``expect_len`` holds) and every output index decodes."""
+    student = tiny_student(Wav2Vec2Model)
+    task = UtteranceClassification({"speaker": 4})
+    heads = task.make_heads(student.config)
+    with pytest.raises(ValueError, match="5 labels for a head with 4 outputs"):
+        inference.export_inference_folder(
+            tmp_path / "bad", task, student, heads, {"speaker": "abcde"}
+        )
+    inference.export_inference_folder(tmp_path / "export", task, student, heads, {"speaker": "ab"})
+    clf = inference.SpeechClassifier.from_hparams(
+        source=str(tmp_path / "export"), savedir=tmp_path / "in"
+    )
+    decoded = clf.hparams.label_encoders["speaker"].decode_ndim([0, 1, 2, 3])
+    assert decoded == ["a", "b", "<unused_2>", "<unused_3>"]
