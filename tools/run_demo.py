@@ -1,17 +1,18 @@
-"""The README's main job: runs the demo recipe on the embedded default corpus.
+"""The README's main job (`make demo`): the demo recipe on the embedded corpus.
 
-The demo recipe (recipes/Demo) has not landed yet; until it does this script
-says so and exits cleanly, so the README's command stays true.
+Runs recipes/Demo/run_demo.py (see its README): on the FSDD subset shipped in
+recipes/Demo/data, a small Wav2Vec2 built from a config is trained on digits (the
+stand-in pretraining), fine-tuned on speaker identification (std, the teacher),
+converted to bidirectional Mamba2 under CALD target and hybrid guidance and the
+unguided baseline, exported, reloaded through speechbrain_cald.inference; it ends
+with a table (teacher vs students: accuracy, parameters, encoder time on 60 s of
+audio) and two PNGs in results/demo/. Arguments are passed on (e.g. --threads 2).
 """
 
+import runpy
 from pathlib import Path
 
 DEMO = Path(__file__).resolve().parents[1] / "recipes" / "Demo" / "run_demo.py"
 
 if __name__ == "__main__":
-    if not DEMO.exists():
-        print("no recipe yet: the demo recipe (recipes/Demo) has not landed; see README.md")
-    else:
-        import runpy
-
-        runpy.run_path(str(DEMO), run_name="__main__")
+    runpy.run_path(str(DEMO), run_name="__main__")

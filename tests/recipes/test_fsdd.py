@@ -1,0 +1,113 @@
+"""FSDD recipe: the prepare step's splits on synthetic layouts, and the demo workflow
+(recipes/Demo/run_demo.py --tiny: every stage at minimum size on the shipped subset)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from recipe_runner import ROOT
+
+from speechbrain_cald.dataprep import DataPrepError, read_csv_manifest
+
+sys.path.insert(0, os.path.join(ROOT, "recipes", "FSDD"))
+import fsdd_prepare  # noqa: E402
+
+sys.path.pop(0)
+
+
+def make_layout(root, indices, digits=(0, 1), speakers=("ann", "bob")):
+    """`root/recordings/{digit}_{speaker}_{index}.wav` (0.1 s of noise at 8 kHz each)."""
+    folder = root / "recordings"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for d in digits:
+        for s in speakers:
+            for i in indices:
+                sf.write(folder / f"{d}_{s}_{i}.wav", 0.1 * rng.standard_normal(800), 8000)
+    return root
+
+
+def split_indices(manifests):
+    """{split: sorted set of recording indices} of written manifests."""
+    return {
+        split: sorted({int(r["index"]) for r in read_csv_manifest(path)})
+        for split, path in manifests.items()
+    }
+
+
+def test_official_test_split_used_when_present(tmp_path):
+    """Indices 0-4 present: they are the test split; dev = the next heldout indices."""
+    data = make_layout(tmp_path / "fsdd", range(0, 9))
+    manifests = fsdd_prepare.prepare_fsdd(data, tmp_path / "m", heldout_indices=2)
+    assert split_indices(manifests) == {"test": [0, 1, 2, 3, 4], "dev": [5, 6], "train": [7, 8]}
+    row = read_csv_manifest(manifests["train"])[0]
+    assert list(row) == ["ID", "duration", "wav", "digit", "speaker", "index"]
+    assert float(row["duration"]) == pytest.approx(0.1)
+    assert len(read_csv_manifest(manifests["test"])) == 5 * 2 * 2
+
+
+def test_carved_splits_when_official_test_absent(tmp_path):
+    """Only 5-11 (the shared copy's situation): test and dev are carved from them, and
+    the training limit keeps the first recordings per speaker, index-major."""
+    data = make_layout(tmp_path / "fsdd", range(5, 12))
+    manifests = fsdd_prepare.prepare_fsdd(
+        data, tmp_path / "m", heldout_indices=2, max_train_per_class=3, limit_column="speaker"
+    )
+    assert split_indices(manifests) == {"test": [5, 6], "dev": [7, 8], "train": [9, 10]}
+    train = read_csv_manifest(manifests["train"])
+    # per speaker: index 9 of digits 0 and 1, then index 10 of digit 0
+    for speaker in ("ann", "bob"):
+        ids = [r["ID"] for r in train if r["speaker"] == speaker]
+        assert ids == [f"0_{speaker}_9", f"1_{speaker}_9", f"0_{speaker}_10"]
+
+
+def test_split_errors(tmp_path):
+    """Too few indices for test + dev + train, and a badly named file, are errors."""
+    with pytest.raises(ValueError, match="no training index"):
+        fsdd_prepare.split_indices([5, 6, 7, 8], heldout_indices=2)
+    data = make_layout(tmp_path / "fsdd", range(5, 10))
+    sf.write(data / "recordings" / "noise.wav", np.zeros(80), 8000)
+    with pytest.raises(DataPrepError, match="noise.wav"):
+        fsdd_prepare.prepare_fsdd(data, tmp_path / "m", heldout_indices=1)
+
+
+def test_demo_workflow_tiny(tmp_path):
+    """The demo at minimum size on part of the shipped corpus: every run is tested,
+    the students reload through the inference interface and predict what the
+    training code predicts, the final table and the two PNGs are written."""
+    shipped = os.path.join(ROOT, "recipes", "Demo", "data", "fsdd_subset", "recordings")
+    data = tmp_path / "data" / "recordings"  # 3 speakers, indices 5-8 of the shipped files
+    data.mkdir(parents=True)
+    for name in os.listdir(shipped):
+        digit, speaker, index = name[:-4].split("_")
+        if speaker in ("george", "jackson", "theo") and int(index) <= 8:
+            shutil.copy(os.path.join(shipped, name), data / name)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    cmd = [sys.executable, os.path.join(ROOT, "recipes", "Demo", "run_demo.py"), "--tiny"]
+    cmd += ["--threads", "1", "--long_seconds", "5", "--output_root", str(tmp_path)]
+    cmd += ["--data_folder", str(data.parent)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "demo_summary.json").read_text())
+    models = ["std (teacher)", "target", "hybrid", "unguided"]
+    assert [row["model"] for row in summary["table"]] == models
+    for row in summary["table"]:
+        assert 0 <= row["acc"] <= 1 and row["parameters"] > 0 and row["encoder_seconds"] > 0
+        assert f"| {row['model']} | {row['acc']:.3f} |" in result.stdout
+    for name, prediction in summary["predictions"].items():
+        assert prediction["inference"] == prediction["training"], name
+    shifts = summary["feature_shift"]
+    assert set(shifts) == {"pretrained -> std teacher", *[f"teacher -> {m}" for m in models[1:]]}
+    assert all(len(v) == 2 for v in shifts.values())  # embeddings + the 1 layer
+    assert shifts["teacher -> unguided"][1] > 0  # a converted layer differs from attention
+    for png in ("training_curves.png", "feature_shift.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for run in ("std", "target", "hybrid", "unguided"):
+        folder = tmp_path / "speaker" / run / "1986"
+        assert (folder / "test_metrics.json").is_file()
+        assert (folder / "inference" / "hyperparams.yaml").is_file()
