@@ -69,6 +69,7 @@ def nominal_flops(length: int, chunk: int) -> float:
 
 
 def matmul_gflops(size: int = 2048, reps: int = 5) -> float:
+    """Measured fp32 matmul rate (GFLOP/s) of a size^3 product on this machine."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
     start = time.perf_counter()
@@ -105,6 +106,50 @@ def run_one(impl: str, length: int, repeats: int) -> dict:
     }
 
 
+def measure(impl: str, length: int, threads: int, repeats: int) -> dict:
+    """`run_one` in a fresh subprocess (its own peak RSS) -> the result dict."""
+    cmd = [sys.executable, __file__, "--threads", str(threads)]
+    cmd += ["--repeats", str(repeats), "--child", impl, str(length)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def report(results: dict, peak: float) -> None:
+    """Print the table, the speed-ups and the 30000/3000 scaling of `results`
+    ({(impl, length): run_one dict}) against the matmul rate `peak` (GFLOP/s)."""
+    impls = list(dict.fromkeys(impl for impl, _ in results))
+    lengths = list(dict.fromkeys(length for _, length in results))
+    chunk = build("ours")[1]
+    print(
+        f"\n{'impl':<13}{'length':>7}{'fwd s':>9}{'fwd+bwd s':>11}{'peak MiB':>10}"
+        f"{'GFLOP/s fb':>12}{'% matmul':>10}"
+    )
+    for (impl, length), r in results.items():
+        gflops = 3 * nominal_flops(length, chunk) / r["fwd_bwd_s"] / 1e9
+        print(
+            f"{impl:<13}{length:>7}{r['fwd_s']:>9.3f}{r['fwd_bwd_s']:>11.3f}"
+            f"{r['mem_mib']:>10.0f}{gflops:>12.1f}{100 * gflops / peak:>9.0f}%"
+        )
+
+    if set(impls) == {"ours", "transformers"}:
+        print("\nspeed-up ours vs transformers (time_transformers / time_ours):")
+        for length in lengths:
+            o, t = results["ours", length], results["transformers", length]
+            print(
+                f"  {length:>6}: fwd {t['fwd_s'] / o['fwd_s']:.2f}x, "
+                f"fwd+bwd {t['fwd_bwd_s'] / o['fwd_bwd_s']:.2f}x, "
+                f"memory {t['mem_mib'] / max(o['mem_mib'], 1e-9):.2f}x"
+            )
+    if {3000, 30000} <= set(lengths):
+        print("\nscaling 30000 / 3000 frames (linear = 10):")
+        for impl in impls:
+            a, b = results[impl, 3000], results[impl, 30000]
+            print(
+                f"  {impl:<13} fwd+bwd time {b['fwd_bwd_s'] / a['fwd_bwd_s']:.1f}, "
+                f"peak memory {b['mem_mib'] / max(a['mem_mib'], 1e-9):.1f}"
+            )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[500, 1000, 3000, 10000, 30000])
@@ -120,43 +165,12 @@ def main():
 
     peak = matmul_gflops()
     print(f"threads {args.threads}; fp32 matmul 2048^3: {peak:.1f} GFLOP/s")
-    results = {}
-    for length in args.lengths:
-        for impl in args.impls:
-            cmd = [sys.executable, __file__, "--threads", str(args.threads)]
-            cmd += ["--repeats", str(args.repeats), "--child", impl, str(length)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            results[impl, length] = json.loads(out.strip().splitlines()[-1])
-
-    chunk = build("ours")[1]
-    print(
-        f"\n{'impl':<13}{'length':>7}{'fwd s':>9}{'fwd+bwd s':>11}{'peak MiB':>10}"
-        f"{'GFLOP/s fb':>12}{'% matmul':>10}"
-    )
-    for (impl, length), r in results.items():
-        gflops = 3 * nominal_flops(length, chunk) / r["fwd_bwd_s"] / 1e9
-        print(
-            f"{impl:<13}{length:>7}{r['fwd_s']:>9.3f}{r['fwd_bwd_s']:>11.3f}"
-            f"{r['mem_mib']:>10.0f}{gflops:>12.1f}{100 * gflops / peak:>9.0f}%"
-        )
-
-    if set(args.impls) == {"ours", "transformers"}:
-        print("\nspeed-up ours vs transformers (time_transformers / time_ours):")
-        for length in args.lengths:
-            o, t = results["ours", length], results["transformers", length]
-            print(
-                f"  {length:>6}: fwd {t['fwd_s'] / o['fwd_s']:.2f}x, "
-                f"fwd+bwd {t['fwd_bwd_s'] / o['fwd_bwd_s']:.2f}x, "
-                f"memory {t['mem_mib'] / max(o['mem_mib'], 1e-9):.2f}x"
-            )
-    if {3000, 30000} <= set(args.lengths):
-        print("\nscaling 30000 / 3000 frames (linear = 10):")
-        for impl in args.impls:
-            a, b = results[impl, 3000], results[impl, 30000]
-            print(
-                f"  {impl:<13} fwd+bwd time {b['fwd_bwd_s'] / a['fwd_bwd_s']:.1f}, "
-                f"peak memory {b['mem_mib'] / max(a['mem_mib'], 1e-9):.1f}"
-            )
+    results = {
+        (impl, length): measure(impl, length, args.threads, args.repeats)
+        for length in args.lengths
+        for impl in args.impls
+    }
+    report(results, peak)
 
 
 if __name__ == "__main__":

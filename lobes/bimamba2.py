@@ -36,6 +36,9 @@ class BiMamba2(nn.Module):
         0-1 mask, or HF additive 2-D / 4-D mask); none means every frame is valid.
         """
         batch, time, d_model = hidden_states.shape
+        if lengths is None and attention_mask is None:  # no padding: a plain flip, no mask
+            backward_out = self.backward_mixer(hidden_states.flip(1)).flip(1)
+            return self.forward_mixer(hidden_states) + backward_out
         valid = valid_mask(batch, time, lengths, attention_mask, device=hidden_states.device)
         n_valid = valid.sum(dim=1, keepdim=True)  # (b, 1)
         pos = torch.arange(time, device=hidden_states.device)[None, :]  # (1, t)

@@ -7,13 +7,19 @@ Computes, for every head h (group g = h // (nheads // ngroups)),
 
 in the style of Mamba2's minimal reference (`ssd_minimal_discrete`): the sequence is cut
 into chunks; within a chunk the output is a masked "attention" product, and the states
-are carried between chunks by a short loop over chunks (not over time steps). Unlike the
-reference, B/C products are formed once per group (not repeated for every head), and no
-tensor larger than (batch, chunks, heads, chunk, chunk) is built.
+entering the chunks come from one decay-weighted matmul over the chunks' own states
+(Mamba2's `segsum` of chunk decays). Unlike the reference, B/C products are formed once
+per group (not repeated for every head), and the chunks are processed in blocks that keep
+every (.., chunk, chunk) intermediate a few MB at any length, the state carried from block
+to block by a short loop over blocks (not over chunks or time steps).
 """
 
 import torch
 import torch.nn.functional as F
+
+# Elements of the largest per-block intermediate, (b, c, g, hpg, q, q): 2^21 floats = 8 MB,
+# below glibc's largest mmap threshold (32 MB) and within a server CPU's L2/L3 share.
+BLOCK_ELEMENTS = 2**21
 
 
 def ssd_chunked(
@@ -59,9 +65,36 @@ def ssd_chunked(
     C = C.to(dtype).view(b, c, q, g, n).transpose(2, 3)  # (b, c, g, q, n)
     dA_cs = dA.view(b, c, q, g, hpg).permute(0, 1, 3, 4, 2).cumsum(-1)  # (b, c, g, hpg, q)
 
+    # Chunks are processed in blocks of `block` chunks, carrying the state between them:
+    # the (.., q, q) intermediates then stay a few MB whatever the length, so they are
+    # reused from the allocator's heap and the cache instead of being fresh mmap pages
+    # (page faults) that made time grow faster than the length past ~10000 frames.
+    block = max(1, BLOCK_ELEMENTS // (b * nheads * q * q))
+    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+    state = torch.zeros(b, g, hpg, n * p, dtype=torch.float32, device=x.device)  # per head
+    outputs = []
+    # split (not slicing in the loop): its backward is one cat, not a full-size zero
+    # tensor per block
+    for blk in zip(*(t.split(block, dim=1) for t in (xdt, dA_cs, B, C))):
+        y_blk, state = _ssd_block(*blk, state, causal)
+        outputs.append(y_blk)
+    y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)  # (b, c, g, q, hpg, p)
+    return y.permute(0, 1, 3, 2, 4, 5).reshape(b, c * q, nheads, p)[:, :seqlen]
+
+
+def _ssd_block(xdt, dA_cs, B, C, state, causal):
+    """One block of chunks of `ssd_chunked` (shapes there, with c the block's chunks).
+
+    xdt `(b, c, g, q, hpg, p)`, dA_cs `(b, c, g, hpg, q)` (cumulative log-decays within
+    each chunk), B, C `(b, c, g, q, n)`, state `(b, g, hpg, n * p)` float32 entering the
+    block's first chunk, causal `(q, q)` lower-triangular mask.
+    Returns (y `(b, c, g, q, hpg, p)`, state leaving the block's last chunk).
+    """
+    b, c, g, q, hpg, p = xdt.shape
+    n, dtype = B.shape[-1], xdt.dtype
+
     # 1. Within chunks: y_i = sum_{j <= i} (C_i . B_j) exp(cs_i - cs_j) xdt_j.
     CB = C @ B.transpose(-1, -2)  # (b, c, g, q, q), shared by the group's heads
-    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
     seg = (dA_cs[..., :, None] - dA_cs[..., None, :]).masked_fill(~causal, -torch.inf)
     scores = CB[:, :, :, None] * torch.exp(seg).to(dtype)  # (b, c, g, hpg, q, q)
     y = scores @ xdt.transpose(3, 4)  # (b, c, g, hpg, q, p)
@@ -71,19 +104,25 @@ def ssd_chunked(
     xdt_decayed = (xdt * decay_to_end[..., None].to(dtype)).reshape(b, c, g, q, hpg * p)
     chunk_states = B.transpose(-1, -2) @ xdt_decayed  # (b, c, g, n, hpg * p)
 
-    # 3. Carry states across chunks: S_c = exp(sum dA over chunk c - 1) S_{c-1} + s_{c-1}.
-    chunk_decay = torch.exp(dA_cs[..., -1]).repeat_interleave(p, dim=-1)  # (b, c, g, hpg * p)
-    state = torch.zeros(b, g, n, hpg * p, dtype=torch.float32, device=x.device)
-    entering = []
-    # unbind (not indexing in the loop): its backward is one stack, not c full-size scatters
-    for decay, added in zip(chunk_decay.unbind(1), chunk_states.float().unbind(1)):
-        entering.append(state)
-        state = state * decay[:, :, None] + added
-    entering = torch.stack(entering, dim=1).to(dtype)  # (b, c, g, n, hpg * p)
+    # 3. States entering each chunk, and leaving the block, without a loop over chunks:
+    # E_c = exp(a_0 + .. + a_{c-1}) S_in + sum_{k < c} exp(a_{k+1} + .. + a_{c-1}) s_k,
+    # c = 0..C (E_C leaves the block), a_k = the log-decay of chunk k. The exponents are
+    # sums of the terms in range (not differences of running sums), as in Mamba2's segsum.
+    chunk_log_decay = dA_cs[..., -1].permute(0, 2, 3, 1)  # (b, g, hpg, c)
+    in_range = torch.ones(c + 1, c, dtype=torch.bool, device=xdt.device).tril(-1)
+    terms = chunk_log_decay[..., None, :].masked_fill(~in_range, 0.0)  # (b, g, hpg, c+1, c)
+    suffix = terms.flip(-1).cumsum(-1).flip(-1)  # [.., c, k] = a_k + .. + a_{c-1}
+    weights = torch.exp(F.pad(suffix[..., 1:], (0, 1))).masked_fill(~in_range, 0.0)
+    from_start = torch.exp(suffix[..., 0])  # (b, g, hpg, c+1): decay of S_in to chunk c
+    # (b, g, hpg, c, n * p) per head: states added by each chunk
+    added = chunk_states.float().view(b, c, g, n, hpg, p).permute(0, 2, 4, 1, 3, 5)
+    entering = weights @ added.reshape(b, g, hpg, c, n * p)  # (b, g, hpg, c+1, n * p)
+    entering = entering + from_start[..., None] * state[..., None, :]
+    state = entering[..., -1, :]
+    entering = entering[..., :-1, :].reshape(b, g, hpg, c, n, p).permute(0, 3, 1, 4, 2, 5)
+    entering = entering.reshape(b, c, g, n, hpg * p).to(dtype)
 
     # 4. Contribution of the entering state: y_i += exp(cs_i) C_i S_c.
     y_off = (C @ entering).view(b, c, g, q, hpg, p)
     y_off = y_off * torch.exp(dA_cs).transpose(-1, -2)[..., None].to(dtype)
-
-    y = y.transpose(3, 4) + y_off  # (b, c, g, q, hpg, p)
-    return y.permute(0, 1, 3, 2, 4, 5).reshape(b, c * q, nheads, p)[:, :seqlen]
+    return y.transpose(3, 4) + y_off, state

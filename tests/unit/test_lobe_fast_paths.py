@@ -1,0 +1,55 @@
+"""The lobes' performance paths compute what the plain paths compute.
+
+- `ssd_chunked` processes chunks in blocks (state carried between blocks) once the
+  per-block intermediates would pass `ssd.BLOCK_ELEMENTS`; with a small budget the test
+  shapes span several blocks (also a last, partial one) and must still equal the float64
+  step-by-step recurrence, forward and gradients.
+- BiMamba2 without lengths or mask reverses with a flip instead of the per-utterance
+  gather; it must give the gather path's output (all frames valid) and gradients.
+"""
+
+import random
+
+import pytest
+import torch
+from test_ssd_mamba2 import RTOL, naive_scan, random_scan_inputs, rel_err
+
+from speechbrain_cald.lobes import ssd
+from speechbrain_cald.lobes.bimamba2 import BiMamba2
+from speechbrain_cald.lobes.mamba2 import Mamba2Config
+
+# Small test shapes do not keep in_proj's width a multiple of 8 (a CUDA-kernel constraint).
+pytestmark = pytest.mark.filterwarnings("ignore:Mamba2 in_proj width:UserWarning")
+
+
+@pytest.mark.parametrize("chunk_size, blocks", [(8, 2), (8, 3), (16, 1)])
+def test_blocked_ssd_matches_naive_recurrence(monkeypatch, chunk_size, blocks):
+    """length 37, batch 2, 4 heads: the budget gives `blocks` chunks per block."""
+    monkeypatch.setattr(ssd, "BLOCK_ELEMENTS", blocks * 2 * 4 * chunk_size**2)
+    seed = random.randrange(2**31)
+    inputs = [t.requires_grad_() for t in random_scan_inputs(seed)]
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    y = ssd.ssd_chunked(*inputs, chunk_size)
+    ref = naive_scan(*inputs64)
+    assert rel_err(y, ref) < RTOL, f"seed {seed}"
+
+    weight = torch.randn_like(ref)
+    (y * weight.float()).sum().backward()
+    (ref * weight).sum().backward()
+    for name, ours, theirs in zip("x dt A B C".split(), inputs, inputs64):
+        assert rel_err(ours.grad, theirs.grad) < RTOL, f"grad {name}, seed {seed}"
+
+
+def test_bimamba2_flip_path_equals_gather_path():
+    """No lengths (flip) vs all-valid lengths (gather): same output and input gradient."""
+    torch.manual_seed(random.randrange(2**31))
+    layer = BiMamba2(Mamba2Config(d_model=32, d_state=8, headdim=8, torch_chunk_size=8))
+    x = torch.randn(2, 19, 32, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y = layer(x)
+    y_ref = layer(x_ref, lengths=torch.ones(2))
+    torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
+    weight = torch.randn_like(y)
+    (y * weight).sum().backward()
+    (y_ref * weight).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-6, atol=1e-6)
