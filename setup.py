@@ -36,6 +36,6 @@ setup(
     extras_require={
         "cuda": ["mamba-ssm", "causal-conv1d"],
         "dev": ["pytest", "ruff"],
-        "lm": ["lm-eval"],
+        "lm": ["lm-eval[hf]>=0.4.2"],  # [hf]: accelerate, needed by its HFLM wrapper
     },
 )

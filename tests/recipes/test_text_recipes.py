@@ -5,15 +5,21 @@ Each row of text_recipes.csv is one recipe YAML, its fixture data and offline
 teacher folder, the modes to run ("all": std, then every CALD mode) and the flags
 that make it tiny. Each run is `python train.py <yaml> --data_folder ...
 --teacher_hub ...` (the README commands) and must write its metric files. The
-`slow` test checks that CALD distillation trains the LM student.
+`slow` test checks that CALD distillation trains the LM student. The lm-eval test
+scores a trained student on a local task through lm_eval_student.py; it is skipped
+when lm-evaluation-harness (the `lm` extra) is not installed.
 """
 
+import json
 import os
+import random
 import shlex
 import subprocess
 import sys
 
 import pytest
+import torch
+import transformers
 from recipe_runner import ROOT, read_table, run_metrics, run_train
 
 ROWS = read_table("text_recipes.csv")
@@ -119,8 +125,6 @@ def test_glue_prepare_rows_and_errors(text_data, tmp_path):
 
 def test_pile_rows_and_errors(text_data, tmp_path):
     """Rows hold seq_len + 1 tokens; a bad jsonl line names its file and line."""
-    import transformers
-
     pile = _recipe_module("Pile/LM", "pile_prepare")
     tokenizer = transformers.AutoTokenizer.from_pretrained(text_data / "pythia_tiny")
     rows = pile.token_rows([str(text_data / "pile" / "val.jsonl")], tokenizer, 16)
@@ -129,3 +133,103 @@ def test_pile_rows_and_errors(text_data, tmp_path):
     bad.write_text('{"text": "the film ."}\n{"txt": 1}\n')
     with pytest.raises(ValueError, match=f"{bad}:2"):
         pile.token_rows([str(bad)], tokenizer, 16)
+
+
+def write_local_choice_task(text_data, folder, n_items=24, seed=0):
+    """A local lm-eval multiple-choice task: its YAML and jsonl dataset in `folder`.
+
+    Items come from the fixture's SST-2 dev sentences ("<subject> <verb> <word> ..."):
+    the context is the first three words and the choices the sentence's sentiment word
+    and two other sentiment words of the fixture, so the model's preferred choice
+    varies from item to item. Returns the items.
+    """
+    import yaml
+
+    with open(text_data / "glue" / "SST-2" / "dev.tsv", encoding="utf-8") as f:
+        sentences = [line.split("\t")[0].split() for line in list(f)[1:]]
+    words = sorted({s[3] for s in sentences})
+    rng = random.Random(seed)
+    items = []
+    for s in sentences[:n_items]:
+        choices = rng.sample([w for w in words if w != s[3]], 2) + [s[3]]
+        rng.shuffle(choices)
+        items.append({"context": " ".join(s[:3]), "choices": choices, "label": choices.index(s[3])})
+    data = folder / "items.jsonl"
+    data.write_text("".join(json.dumps(item) + "\n" for item in items))
+    task = {
+        "task": "cald_tiny_choice",
+        "dataset_path": "json",  # datasets' local json builder: no hub access
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{context}}",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "label",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    }
+    (folder / "cald_tiny_choice.yaml").write_text(yaml.safe_dump(task))
+    return items
+
+
+def choice_loglikelihoods(model, tokenizer, context, choices):
+    """log P(" " + choice | context) of each choice, summed over the choice's tokens,
+    from one unpadded forward pass per choice (the reference for the harness)."""
+    n_context = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    scores = []
+    for choice in choices:
+        ids = tokenizer(f"{context} {choice}", add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([ids])
+        with torch.no_grad():
+            logprobs = model(input_ids=ids).logits.float().log_softmax(-1)[0]
+        targets = ids[0, n_context:]
+        scores.append(logprobs[n_context - 1 : -1].gather(1, targets[:, None]).sum().item())
+    return scores
+
+
+@pytest.fixture(scope="session")
+def lm_eval_harness():
+    """lm-evaluation-harness, or a skip (session scope: before the fixtures are built)."""
+    return pytest.importorskip(
+        "lm_eval", reason='lm-evaluation-harness not installed (the `lm` extra: "lm-eval[hf]")'
+    )
+
+
+def test_lm_eval_local_task(lm_eval_harness, text_data, tmp_path):
+    """lm_eval_student.py (the README command) scores a trained Mamba student on a local
+    multiple-choice task; the harness' accuracy must equal the accuracy of the choice of
+    highest log-likelihood computed directly with the model (exactly: every item's top
+    two choices differ by more than 1e-5 nats, so float32 rounding differences
+    between the harness' batched passes and these cannot flip a choice)."""
+    from speechbrain_cald.tasks import CausalLM
+
+    row = next(r for r in ROWS if r["Recipe"] == "Pile/LM" and r["Modes"] == "all")
+    train(row, text_data, tmp_path / "run", MODES["unguided"])
+    model_folder = tmp_path / "run" / "unguided" / "1986" / "best_model"
+    tokenizer_folder = text_data / row["Teacher"]
+    task_folder = tmp_path / "tasks"  # only task YAMLs: the harness reads every YAML there
+    task_folder.mkdir()
+    items = write_local_choice_task(text_data, task_folder)
+    out = tmp_path / "lm_eval.json"
+    cmd = [sys.executable, "lm_eval_student.py", "--model", str(model_folder)]
+    cmd += ["--tokenizer", str(tokenizer_folder), "--tasks", "cald_tiny_choice"]
+    cmd += ["--include_path", str(task_folder), "--batch_size", "4", "--out", str(out)]
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **offline, "HF_DATASETS_CACHE": str(tmp_path / "datasets_cache")}
+    cwd = os.path.join(ROOT, "recipes", row["Recipe"])
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    accs = json.loads(out.read_text())
+
+    model = CausalLM().load(str(model_folder))[0].eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_folder)
+    predicted = []
+    for item in items:
+        scores = choice_loglikelihoods(model, tokenizer, item["context"], item["choices"])
+        top, second = sorted(scores)[-2:][::-1]
+        assert top - second > 1e-5, (item, scores)
+        predicted.append(scores.index(top))
+    assert len(set(predicted)) > 1, predicted  # the choice depends on the item
+    expected = sum(p == item["label"] for p, item in zip(predicted, items)) / len(items)
+    assert accs["cald_tiny_choice"] == pytest.approx(expected, abs=1e-9), (accs, expected)
+    assert accs["mean"] == pytest.approx(expected, abs=1e-9)
+    print("lm-eval acc", accs["cald_tiny_choice"], "reference", expected)
