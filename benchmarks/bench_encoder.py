@@ -21,8 +21,9 @@ Not a test. One run measures, on this machine, and prints (and writes as CSV + P
 3. The SSD scan backends on BiMamba2 shapes: ours vs transformers' Mamba2 PyTorch path
    (`bench_bimamba2.py`'s measurement, reused).
 
-Default: wav2vec2-base dims, 2 threads, audio of 10, 60 and 120 s (13 min measured on a
-loaded 2-core CPU); `--full` sweeps 10 s to 10 min; `--large` uses wav2vec2-large dims.
+Default: wav2vec2-base dims, 2 threads, audio of 10, 60 and 120 s (3.7 min on an idle
+2-core CPU, 13 min on a loaded one); `--full` sweeps 10 s to 10 min; `--large` uses
+wav2vec2-large dims.
 Every process runs with MALLOC_ENV (see there; `--plain-malloc` to measure without).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_encoder.py

@@ -28,6 +28,9 @@ class Mamba2Config:
 
     `chunk_size` is the mamba_ssm kernel's chunk; the pure-PyTorch scan uses
     `torch_chunk_size` (fastest on CPU; the result does not depend on it beyond rounding).
+    The pure-PyTorch mixer runs long inputs in blocks of `torch_time_block` frames (whole
+    mixer per block, conv context and SSM state carried over), so that its intermediates
+    stay cache-sized at any length; the result does not depend on it beyond rounding.
     """
 
     d_model: int
@@ -38,6 +41,7 @@ class Mamba2Config:
     ngroups: int = 1
     chunk_size: int = 256
     torch_chunk_size: int = 64
+    torch_time_block: int = 1024
     A_init_range: tuple[float, float] = (1.0, 16.0)
     dt_min: float = 1e-3
     dt_max: float = 0.1
@@ -80,17 +84,25 @@ class Mamba2Config:
 
 
 def causal_depthwise_conv1d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    left_context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal depthwise convolution over time, channels last.
 
     x `(batch, time, channels)`, weight `(channels, 1, k)` (nn.Conv1d's), bias `(channels,)`
     -> `(batch, time, channels)` with out_t = bias + sum_j weight[:, 0, j] * x_{t - k + 1 + j}.
-    As k shifted multiply-adds it keeps the (b, l, c) layout of the rest of the mixer, which
-    on CPU is faster than F.conv1d and the transposes around it.
+    The k - 1 frames before x are zeros, or `left_context` `(batch, k - 1, channels)` (the
+    end of the preceding part of the sequence). As k shifted multiply-adds it keeps the
+    (b, l, c) layout of the rest of the mixer, which on CPU is faster than F.conv1d and the
+    transposes around it.
     """
     k, seqlen = weight.shape[-1], x.shape[1]
-    padded = F.pad(x, (0, 0, k - 1, 0))  # (b, k - 1 + l, c)
+    if left_context is None:
+        padded = F.pad(x, (0, 0, k - 1, 0))  # (b, k - 1 + l, c)
+    else:
+        padded = torch.cat([left_context, x], dim=1)
     out = padded[:, :seqlen] * weight[:, 0, 0]
     for j in range(1, k):
         out = out + padded[:, j : j + seqlen] * weight[:, 0, j]
@@ -157,26 +169,49 @@ class Mamba2Mixer(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states `(batch, time, d_model)` -> `(batch, time, d_model)`."""
         cfg = self.config
+        backend = resolve_backend(cfg.backend, hidden_states.device, kind="mamba2")
+        if backend == "mamba_ssm":
+            return self._forward_block(hidden_states, "mamba_ssm")[0]
+        conv_context, state, outputs = None, None, []
+        for block in hidden_states.split(cfg.torch_time_block, dim=1):
+            out, conv_context, state = self._forward_block(block, "torch", conv_context, state)
+            outputs.append(out)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+    def _forward_block(self, hidden_states, backend, conv_context=None, state=None):
+        """The mixer on `(batch, time, d_model)` frames that follow a part of the sequence
+        whose last k - 1 conv inputs are `conv_context` and whose SSM state is `state`
+        (None: the sequence starts here). Returns (output, conv_context, state) for the
+        next block (the last two None with the mamba_ssm backend, which takes whole inputs).
+        """
+        cfg = self.config
         batch, seqlen, _ = hidden_states.shape
         zxbcdt = self.in_proj(hidden_states)  # (b, l, in_proj_width)
         z, xBC, dt = zxbcdt.split([cfg.d_inner, cfg.conv_dim, cfg.nheads], dim=-1)
-        xBC = F.silu(causal_depthwise_conv1d(xBC, self.conv1d.weight, self.conv1d.bias))
+        if conv_context is None:  # the sequence starts here: zeros before it
+            conv_context = xBC.new_zeros(batch, cfg.d_conv - 1, cfg.conv_dim)
+        next_context = torch.cat([conv_context, xBC], dim=1)[:, -(cfg.d_conv - 1) :]
+        xBC = F.silu(
+            causal_depthwise_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, conv_context)
+        )
         x, B, C = xBC.split([cfg.d_inner, cfg.ngroups * cfg.d_state, cfg.ngroups * cfg.d_state], -1)
         x = x.view(batch, seqlen, cfg.nheads, cfg.headdim)
         B = B.view(batch, seqlen, cfg.ngroups, cfg.d_state)
         C = C.view(batch, seqlen, cfg.ngroups, cfg.d_state)
         A = -torch.exp(self.A_log.float())  # (h,)
 
-        backend = resolve_backend(cfg.backend, hidden_states.device, kind="mamba2")
         if backend == "mamba_ssm":
             from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
             y = mamba_chunk_scan_combined(
                 x, dt, A, B, C, cfg.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True
             )
+            next_context = state = None
         else:
             dt = F.softplus(dt + self.dt_bias)  # (b, l, h)
-            y = ssd_chunked(x, dt, A, B, C, cfg.torch_chunk_size)
+            y, state = ssd_chunked(
+                x, dt, A, B, C, cfg.torch_chunk_size, initial_state=state, return_final_state=True
+            )
             y = y + x * self.D[:, None].to(x.dtype)  # (b, l, h, p)
         y = self.norm(y.reshape(batch, seqlen, cfg.d_inner), z)
-        return self.out_proj(y)
+        return self.out_proj(y), next_context, state

@@ -29,7 +29,9 @@ def ssd_chunked(
     B: torch.Tensor,
     C: torch.Tensor,
     chunk_size: int,
-) -> torch.Tensor:
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selective state-space scan, chunked.
 
     Args:
@@ -39,10 +41,14 @@ def ssd_chunked(
         B, C: input / output projections `(batch, seqlen, ngroups, dstate)`; ngroups
             divides nheads and head h uses group `h // (nheads // ngroups)`.
         chunk_size: chunk length; any seqlen works (padded internally, sliced off).
+        initial_state: `(batch, nheads, dstate, headdim)` float32 state before step 0
+            (zeros when None), e.g. the final state of the preceding part of a sequence.
 
     Returns:
-        y `(batch, seqlen, nheads, headdim)` in x's dtype. Decays (cumulative sums and
-        their exponentials) and the carried states are float32 whatever x's dtype.
+        y `(batch, seqlen, nheads, headdim)` in x's dtype, and with `return_final_state`
+        the state after the last step, `(batch, nheads, dstate, headdim)` float32 (the
+        zero-input, zero-decay padding steps leave it unchanged). Decays (cumulative
+        sums and their exponentials) and the carried states are float32 whatever x's dtype.
     """
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
@@ -71,7 +77,10 @@ def ssd_chunked(
     # (page faults) that made time grow faster than the length past ~10000 frames.
     block = max(1, BLOCK_ELEMENTS // (b * nheads * q * q))
     causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-    state = torch.zeros(b, g, hpg, n * p, dtype=torch.float32, device=x.device)  # per head
+    if initial_state is None:
+        state = torch.zeros(b, g, hpg, n * p, dtype=torch.float32, device=x.device)  # per head
+    else:
+        state = initial_state.float().reshape(b, g, hpg, n * p)
     outputs = []
     # split (not slicing in the loop): its backward is one cat, not a full-size zero
     # tensor per block
@@ -79,7 +88,8 @@ def ssd_chunked(
         y_blk, state = _ssd_block(*blk, state, causal)
         outputs.append(y_blk)
     y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)  # (b, c, g, q, hpg, p)
-    return y.permute(0, 1, 3, 2, 4, 5).reshape(b, c * q, nheads, p)[:, :seqlen]
+    y = y.permute(0, 1, 3, 2, 4, 5).reshape(b, c * q, nheads, p)[:, :seqlen]
+    return (y, state.view(b, nheads, n, p)) if return_final_state else y
 
 
 def _ssd_block(xdt, dA_cs, B, C, state, causal):
