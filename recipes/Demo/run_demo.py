@@ -197,7 +197,8 @@ def main(argv=None):
 
     lines = [
         f"Speaker identification on the demo FSDD subset ({len(test_files)} test recordings); "
-        f"encoder time on {args.long_seconds:.0f} s of audio, {torch.get_num_threads()} threads.",
+        f"encoder time on {args.long_seconds:.0f} s of audio, "
+        f"torch threads: {torch.get_num_threads()}.",
         "",
         f"| model | test acc | parameters | encoder time {args.long_seconds:.0f} s audio |",
         "|---|---|---|---|",
