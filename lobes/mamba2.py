@@ -190,7 +190,9 @@ class Mamba2Mixer(nn.Module):
         z, xBC, dt = zxbcdt.split([cfg.d_inner, cfg.conv_dim, cfg.nheads], dim=-1)
         if conv_context is None:  # the sequence starts here: zeros before it
             conv_context = xBC.new_zeros(batch, cfg.d_conv - 1, cfg.conv_dim)
-        next_context = torch.cat([conv_context, xBC], dim=1)[:, -(cfg.d_conv - 1) :]
+        keep = cfg.d_conv - 1  # conv inputs carried over: this block's last ones, or
+        # (a block shorter than that) the end of the context before it; no full-block copy
+        next_context = torch.cat([conv_context, xBC[:, -keep:]], dim=1)[:, -keep:]
         xBC = F.silu(
             causal_depthwise_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, conv_context)
         )
