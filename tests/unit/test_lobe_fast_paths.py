@@ -16,7 +16,14 @@ import random
 
 import pytest
 import torch
-from test_ssd_mamba2 import RTOL, naive_mixer, naive_scan, random_scan_inputs, rel_err
+from test_ssd_mamba2 import (
+    RTOL,
+    assert_scan_matches_naive,
+    naive_mixer,
+    naive_scan,
+    random_scan_inputs,
+    rel_err,
+)
 
 from speechbrain_cald.lobes import ssd
 from speechbrain_cald.lobes.bimamba2 import BiMamba2
@@ -30,18 +37,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Mamba2 in_proj width:UserWarning
 def test_blocked_ssd_matches_naive_recurrence(monkeypatch, chunk_size, blocks):
     """length 37, batch 2, 4 heads: the budget gives `blocks` chunks per block."""
     monkeypatch.setattr(ssd, "BLOCK_ELEMENTS", blocks * 2 * 4 * chunk_size**2)
-    seed = random.randrange(2**31)
-    inputs = [t.requires_grad_() for t in random_scan_inputs(seed)]
-    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
-    y = ssd.ssd_chunked(*inputs, chunk_size)
-    ref = naive_scan(*inputs64)
-    assert rel_err(y, ref) < RTOL, f"seed {seed}"
-
-    weight = torch.randn_like(ref)
-    (y * weight.float()).sum().backward()
-    (ref * weight).sum().backward()
-    for name, ours, theirs in zip("x dt A B C".split(), inputs, inputs64):
-        assert rel_err(ours.grad, theirs.grad) < RTOL, f"grad {name}, seed {seed}"
+    assert_scan_matches_naive(chunk_size)
 
 
 def test_bimamba2_flip_path_equals_gather_path():

@@ -47,8 +47,9 @@ def random_scan_inputs(seed, batch=2, length=37, nheads=4, headdim=8, ngroups=2,
     return [x, dt, A, B, C]
 
 
-@pytest.mark.parametrize("chunk_size", [8, 16, 37, 64])
-def test_ssd_chunked_matches_naive_recurrence(chunk_size):
+def assert_scan_matches_naive(chunk_size):
+    """ssd_chunked in float32 vs the float64 recurrence on fresh random inputs: shape,
+    dtype, output and the gradients of x, dt, A, B, C (relative error under RTOL)."""
     seed = random.randrange(2**31)
     inputs = [t.requires_grad_() for t in random_scan_inputs(seed)]
     inputs64 = [t.detach().double().requires_grad_() for t in inputs]
@@ -62,6 +63,11 @@ def test_ssd_chunked_matches_naive_recurrence(chunk_size):
     (ref * weight).sum().backward()
     for name, ours, theirs in zip("x dt A B C".split(), inputs, inputs64):
         assert rel_err(ours.grad, theirs.grad) < RTOL, f"grad {name}, seed {seed}"
+
+
+@pytest.mark.parametrize("chunk_size", [8, 16, 37, 64])
+def test_ssd_chunked_matches_naive_recurrence(chunk_size):
+    assert_scan_matches_naive(chunk_size)
 
 
 def test_ssd_chunked_bfloat16_close_to_float32():
