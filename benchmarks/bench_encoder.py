@@ -36,7 +36,6 @@ import gc
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -51,6 +50,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_bimamba2  # noqa: E402  (sibling script: the SSD backend measurement)
+import machine  # noqa: E402  (sibling module: the machine line)
 
 from speechbrain_cald.conversion import StudentConfig, convert_to_student  # noqa: E402
 from speechbrain_cald.lobes.mamba2 import Mamba2Config  # noqa: E402
@@ -411,21 +411,6 @@ def ssd_section(args) -> dict:
     return results
 
 
-def machine() -> str:
-    """CPU model, threads, torch version, device and load, as one line."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, device cpu, fp32; load average {load}"
-    )
-
-
 def write_outputs(rows: list[dict], train: list[dict], out: Path) -> None:
     """CSV of sections 1-2 and a PNG: time vs audio length, measured vs ideal ratio."""
     out.mkdir(parents=True, exist_ok=True)
@@ -491,7 +476,7 @@ def main():
         print(json.dumps(infer_child(kind, float(seconds), args.large, args.repeats)))
         return
     args.seconds = args.seconds or (FULL_SECONDS if args.full else DEFAULT_SECONDS)
-    print(machine())
+    print(machine.describe())
     print(f"dims: wav2vec2-{'large' if args.large else 'base'}; command: {' '.join(sys.argv)}")
     malloc = "default" if args.plain_malloc else " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
     print(f"glibc malloc: {malloc}")
@@ -501,7 +486,7 @@ def main():
     if "3" in args.sections:
         ssd_section(args)
     write_outputs(rows, train, args.out)
-    print(f"\nwrote {args.out}/; {time.perf_counter() - start:.0f} s; {machine()}")
+    print(f"\nwrote {args.out}/; {time.perf_counter() - start:.0f} s; {machine.describe()}")
 
 
 if __name__ == "__main__":

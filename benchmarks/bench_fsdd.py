@@ -18,31 +18,16 @@ other indices (fsdd_prepare.py).
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
 
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes", "FSDD"))  # the recipe's workflow module
+import machine  # noqa: E402  (sibling module: the machine line)
 import workflow  # noqa: E402
-
-
-def cpu_model():
-    """The CPU model name from /proc/cpuinfo (platform's guess elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def summarize(runs):
@@ -67,16 +52,6 @@ def format_table(rows, seeds):
             per_seed = " | ".join(f"{a:.3f}" for a in accs)
             lines.append(f"| {mode} | {mean:.3f} ± {spread:.3f} | {per_seed} | {seconds:.0f} |")
     return "\n".join(lines)
-
-
-def machine_line():
-    """Date, CPU, threads, load and torch version, for the docs."""
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{now}; {cpu_model()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-        f"with {torch.get_num_threads()} thread(s); load average at the end {load}."
-    )
 
 
 def main(argv=None):
@@ -126,7 +101,7 @@ def main(argv=None):
         )
         with open(args.write, "a", encoding="utf-8") as f:
             f.write(
-                f"\n## FSDD: every guidance mode (bench_fsdd.py)\n\n{machine_line()}\n\n"
+                f"\n## FSDD: every guidance mode (bench_fsdd.py)\n\n{machine.describe()}.\n\n"
                 f"    {command}\n\n{header}\n\n{table}\n"
             )
 

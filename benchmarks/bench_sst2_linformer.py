@@ -19,13 +19,12 @@ with --write, appends it with the date, machine and command to the given file.
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 
-import torch
+import machine  # sibling module: the machine line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "GLUE", "Classification")
@@ -72,13 +71,11 @@ def main(argv=None):
     table = "\n".join(rows)
     print(table)
     if args.write:
-        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-        machine += f", torch {torch.__version__}, device {args.device}"
         command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
         with open(args.write, "a", encoding="utf-8") as f:
             f.write(
-                f"\n## SST-2 Linformer\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-                f"; {machine}.\n\n    {command}\n\n{table}\n"
+                f"\n## SST-2 Linformer\n\n{machine.describe(args.device)}."
+                f"\n\n    {command}\n\n{table}\n"
             )
 
 
