@@ -20,7 +20,6 @@ other indices (fsdd_prepare.py).
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 
@@ -96,14 +95,8 @@ def main(argv=None):
     print(header)
     print(table)
     if args.write:
-        command = "OMP_NUM_THREADS={} python benchmarks/bench_fsdd.py {}".format(
-            os.environ.get("OMP_NUM_THREADS", "(unset)"), shlex.join(argv or sys.argv[1:])
-        )
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write(
-                f"\n## FSDD: every guidance mode (bench_fsdd.py)\n\n{machine.describe()}.\n\n"
-                f"    {command}\n\n{header}\n\n{table}\n"
-            )
+        title = "FSDD: every guidance mode (bench_fsdd.py)"
+        machine.append_section(args.write, title, f"{header}\n\n{table}", argv or sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ with --write, appends it with the date, machine and command to the given file.
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -71,12 +70,9 @@ def main(argv=None):
     table = "\n".join(rows)
     print(table)
     if args.write:
-        command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write(
-                f"\n## SST-2 Linformer\n\n{machine.describe(args.device)}."
-                f"\n\n    {command}\n\n{table}\n"
-            )
+        machine.append_section(
+            args.write, "SST-2 Linformer", table, argv or sys.argv[1:], args.device
+        )
 
 
 if __name__ == "__main__":
