@@ -3,9 +3,11 @@
 Not a test. For each sequence length (batch 1, d_model 768) and each implementation a
 fresh subprocess builds the layer, times forward (no grad) and forward+backward (median of
 --repeats runs after one warm-up) and reports peak memory as the growth of the process's
-peak resident set (ru_maxrss) during the first full-length forward+backward, over its
-value after a 128-frame warm-up: every byte touched, allocator caching included, so an
-upper bound on the tensors' peak.
+peak resident set (`machine.start_peak_rss`) during the first full-length
+forward+backward, after a 128-frame warm-up: every byte touched, allocator caching
+included, so an upper bound on the tensors' peak. Every process runs under
+machine.MALLOC_ENV (huge pages and no heap trimming for both implementations;
+`--plain-malloc` to measure without).
 
 "transformers" is two transformers.models.mamba2.modeling_mamba2.Mamba2Mixer with the
 same shapes (forward on x and on flip(x), summed), i.e. the cost of the same BiMamba2 on
@@ -15,27 +17,29 @@ GFLOP/s use one nominal count for both implementations: the matmul FLOPs of in_p
 out_proj, the depthwise conv and the SSD scan at our chunk size (forward), x3 for
 forward+backward; they are set against a measured fp32 matmul rate on this machine.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_bimamba2.py --threads 1
+    OMP_NUM_THREADS=2 python benchmarks/bench_bimamba2.py --threads 2 --repeats 5
 """
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+import machine  # sibling module: the machine line and MALLOC_ENV
 import torch
 
-D_MODEL, D_STATE, HEADDIM, CHUNK_HF = 768, 128, 32, 256
+from speechbrain_cald.lobes.mamba2 import Mamba2Config
+
+D_MODEL, D_STATE, CHUNK_HF = 768, 128, 256
+HEADDIM = Mamba2Config(D_MODEL, d_state=D_STATE).headdim  # the default: 48
 
 
 def build(impl: str):
     """(callable x -> y, torch chunk size) for one implementation."""
     if impl == "ours":
         from speechbrain_cald.lobes.bimamba2 import BiMamba2
-        from speechbrain_cald.lobes.mamba2 import Mamba2Config
 
         cfg = Mamba2Config(D_MODEL, d_state=D_STATE, headdim=HEADDIM, backend="torch")
         return BiMamba2(cfg), cfg.torch_chunk_size
@@ -84,9 +88,9 @@ def run_one(impl: str, length: int, repeats: int) -> dict:
     layer, _ = build(impl)
     x = torch.randn(1, length, D_MODEL, requires_grad=True)
     layer(x[:, :128]).sum().backward()  # loads kernels, allocates gradients
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_mib = machine.start_peak_rss()
     layer(x).sum().backward()  # the measured peak, and the warm-up of the timed runs
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    peak = peak_mib()
     with torch.no_grad():
         layer(x)
     fwd, fwd_bwd = [], []
@@ -102,7 +106,7 @@ def run_one(impl: str, length: int, repeats: int) -> dict:
     return {
         "fwd_s": statistics.median(fwd),
         "fwd_bwd_s": statistics.median(fwd_bwd),
-        "mem_mib": peak_kib / 1024,
+        "mem_mib": peak,
     }
 
 
@@ -156,14 +160,17 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--impls", nargs="+", default=["ours", "transformers"])
+    parser.add_argument("--plain-malloc", action="store_true", help="no machine.MALLOC_ENV")
     parser.add_argument("--child", nargs=2, metavar=("IMPL", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    malloc = machine.use_malloc_env(args.plain_malloc)
     torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(run_one(args.child[0], int(args.child[1]), args.repeats)))
         return
 
     peak = matmul_gflops()
+    print(f"{machine.describe()}\n{malloc}")
     print(f"threads {args.threads}; fp32 matmul 2048^3: {peak:.1f} GFLOP/s")
     results = {
         (impl, length): measure(impl, length, args.threads, args.repeats)

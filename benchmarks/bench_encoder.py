@@ -24,19 +24,15 @@ Not a test. One run measures, on this machine, and prints (and writes as CSV + P
 Default: wav2vec2-base dims, 2 threads, audio of 10, 60 and 120 s (3.7 min on an idle
 2-core CPU, 13 min on a loaded one); `--full` sweeps 10 s to 10 min; `--large` uses
 wav2vec2-large dims.
-Every process runs with MALLOC_ENV (see there; `--plain-malloc` to measure without).
+Every process runs with machine.MALLOC_ENV (see there; `--plain-malloc` to measure without).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_encoder.py
 """
 
 import argparse
 import csv
-import ctypes
-import gc
 import json
 import math
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -67,16 +63,6 @@ LARGE = dict(
     do_stable_layer_norm=True,
 )
 PARTS = ("cnn", "mixing", "ffn", "other")
-# glibc malloc settings for every measured process (unless --plain-malloc): freed memory
-# stays in the heap for reuse instead of going back to the kernel, so a long input's large
-# tensors are not fresh pages (page faults) on every allocation. Measured on one Mamba2
-# mixer (before the blocked scan) at 30000 frames: forward+backward per frame 1.6x that at
-# 3000 frames without, 0.8x with (docs/BENCHMARKS.md). Both models run under them.
-MALLOC_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": str(2**34),
-    "MALLOC_TRIM_THRESHOLD_": str(2**34),
-    "MALLOC_TOP_PAD_": str(2**30),
-}
 VOCAB = ["<blank>", "|"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
 
 
@@ -183,12 +169,6 @@ class SplitTimer:
         self.seconds = dict.fromkeys(self.seconds, 0.0)
 
 
-def _status_kib(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in KiB."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def infer_child(kind: str, seconds: float, large: bool, repeats: int) -> dict:
     """Measure one (model, audio length) in this process."""
     model = build(kind, large)
@@ -203,20 +183,9 @@ def infer_child(kind: str, seconds: float, large: bool, repeats: int) -> dict:
     wav = torch.randn(1, int(seconds * SAMPLE_RATE))
     with torch.no_grad():
         model(torch.randn(1, SAMPLE_RATE))
-        # Give freed heap pages back (building the student freed a teacher copy; with
-        # MALLOC_ENV they would stay resident and hide the activations), then reset the
-        # peak RSS (VmHWM); ru_maxrss where /proc cannot do it.
-        gc.collect()
-        ctypes.CDLL(None).malloc_trim(0)
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            rss_before, peak = _status_kib("VmRSS"), lambda: _status_kib("VmHWM")
-        except OSError:
-            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # noqa: E731
+        peak_mib = machine.start_peak_rss()  # (building the student freed a teacher copy)
         model(wav)  # the measured peak; also the full-length warm-up
-        peak_kib = peak() - rss_before
+        peak = peak_mib()
         runs = []
         for _ in range(repeats):
             timer.reset()
@@ -227,7 +196,7 @@ def infer_child(kind: str, seconds: float, large: bool, repeats: int) -> dict:
             split["other"] = total - sum(split.values())
             runs.append({"total": total, **split})
     result = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-    return {**result, "peak_mib": peak_kib / 1024}
+    return {**result, "peak_mib": peak}
 
 
 def run_child(args: argparse.Namespace, *child: str) -> dict:
@@ -467,9 +436,7 @@ def main():
     parser.add_argument("--plain-malloc", action="store_true", help="no MALLOC_ENV")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if not args.plain_malloc and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        # glibc reads these at start-up: re-execute this process (children inherit them)
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+    malloc = machine.use_malloc_env(args.plain_malloc)
     torch.set_num_threads(args.threads)
     if args.child:
         _, kind, seconds = args.child
@@ -478,8 +445,7 @@ def main():
     args.seconds = args.seconds or (FULL_SECONDS if args.full else DEFAULT_SECONDS)
     print(machine.describe())
     print(f"dims: wav2vec2-{'large' if args.large else 'base'}; command: {' '.join(sys.argv)}")
-    malloc = "default" if args.plain_malloc else " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
-    print(f"glibc malloc: {malloc}")
+    print(malloc)
     start = time.perf_counter()
     rows = inference_section(args) if "1" in args.sections else []
     train = training_section(args) if "2" in args.sections else []

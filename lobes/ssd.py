@@ -7,11 +7,11 @@ Computes, for every head h (group g = h // (nheads // ngroups)),
 
 in the style of Mamba2's minimal reference (`ssd_minimal_discrete`): the sequence is cut
 into chunks; within a chunk the output is a masked "attention" product, and the states
-entering the chunks come from one decay-weighted matmul over the chunks' own states
-(Mamba2's `segsum` of chunk decays). Unlike the reference, B/C products are formed once
-per group (not repeated for every head), and the chunks are processed in blocks that keep
-every (.., chunk, chunk) intermediate a few MB at any length, the state carried from block
-to block by a short loop over blocks (not over chunks or time steps).
+entering the chunks are passed from chunk to chunk by one fused multiply-add each (as
+mamba_ssm's state-passing kernel does; a loop over chunks, never over time steps). Unlike
+the reference, B/C products are formed once per group (not repeated for every head), and
+the chunks are processed in blocks that keep every (.., chunk, chunk) intermediate a few
+MB at any length.
 """
 
 import torch
@@ -76,28 +76,30 @@ def ssd_chunked(
     # reused from the allocator's heap and the cache instead of being fresh mmap pages
     # (page faults) that made time grow faster than the length past ~10000 frames.
     block = max(1, BLOCK_ELEMENTS // (b * nheads * q * q))
-    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+    non_causal = torch.ones(q, q, dtype=torch.bool, device=x.device).triu(1)
     if initial_state is None:
-        state = torch.zeros(b, g, hpg, n * p, dtype=torch.float32, device=x.device)  # per head
-    else:
-        state = initial_state.float().reshape(b, g, hpg, n * p)
+        state = torch.zeros(b, g, n, hpg, p, dtype=torch.float32, device=x.device)
+    else:  # (b, h, n, p) -> (b, g, n, hpg, p), the layout of the chunk states
+        state = initial_state.float().view(b, g, hpg, n, p).transpose(2, 3)
     outputs = []
     # split (not slicing in the loop): its backward is one cat, not a full-size zero
     # tensor per block
     for blk in zip(*(t.split(block, dim=1) for t in (xdt, dA_cs, B, C))):
-        y_blk, state = _ssd_block(*blk, state, causal)
+        y_blk, state = _ssd_block(*blk, state, non_causal)
         outputs.append(y_blk)
     y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)  # (b, c, g, q, hpg, p)
     y = y.permute(0, 1, 3, 2, 4, 5).reshape(b, c * q, nheads, p)[:, :seqlen]
-    return (y, state.view(b, nheads, n, p)) if return_final_state else y
+    if not return_final_state:
+        return y
+    return y, state.transpose(2, 3).reshape(b, nheads, n, p)
 
 
-def _ssd_block(xdt, dA_cs, B, C, state, causal):
+def _ssd_block(xdt, dA_cs, B, C, state, non_causal):
     """One block of chunks of `ssd_chunked` (shapes there, with c the block's chunks).
 
     xdt `(b, c, g, q, hpg, p)`, dA_cs `(b, c, g, hpg, q)` (cumulative log-decays within
-    each chunk), B, C `(b, c, g, q, n)`, state `(b, g, hpg, n * p)` float32 entering the
-    block's first chunk, causal `(q, q)` lower-triangular mask.
+    each chunk), B, C `(b, c, g, q, n)`, state `(b, g, n, hpg, p)` float32 entering the
+    block's first chunk, non_causal `(q, q)`: True above the diagonal.
     Returns (y `(b, c, g, q, hpg, p)`, state leaving the block's last chunk).
     """
     b, c, g, q, hpg, p = xdt.shape
@@ -105,34 +107,28 @@ def _ssd_block(xdt, dA_cs, B, C, state, causal):
 
     # 1. Within chunks: y_i = sum_{j <= i} (C_i . B_j) exp(cs_i - cs_j) xdt_j.
     CB = C @ B.transpose(-1, -2)  # (b, c, g, q, q), shared by the group's heads
-    seg = (dA_cs[..., :, None] - dA_cs[..., None, :]).masked_fill(~causal, -torch.inf)
-    scores = CB[:, :, :, None] * torch.exp(seg).to(dtype)  # (b, c, g, hpg, q, q)
+    # in place on the fresh difference: masked_fill_'s and exp_'s backward need no input
+    seg = (dA_cs[..., :, None] - dA_cs[..., None, :]).masked_fill_(non_causal, -torch.inf)
+    scores = CB[:, :, :, None] * seg.exp_().to(dtype)  # (b, c, g, hpg, q, q)
     y = scores @ xdt.transpose(3, 4)  # (b, c, g, hpg, q, p)
 
     # 2. State each chunk adds: s = sum_j exp(cs_end - cs_j) B_j xdt_j^T.
     decay_to_end = torch.exp(dA_cs[..., -1:] - dA_cs).transpose(-1, -2)  # (b, c, g, q, hpg)
     xdt_decayed = (xdt * decay_to_end[..., None].to(dtype)).reshape(b, c, g, q, hpg * p)
-    chunk_states = B.transpose(-1, -2) @ xdt_decayed  # (b, c, g, n, hpg * p)
+    chunk_states = (B.transpose(-1, -2) @ xdt_decayed).float()  # (b, c, g, n, hpg * p)
 
-    # 3. States entering each chunk, and leaving the block, without a loop over chunks:
-    # E_c = exp(a_0 + .. + a_{c-1}) S_in + sum_{k < c} exp(a_{k+1} + .. + a_{c-1}) s_k,
-    # c = 0..C (E_C leaves the block), a_k = the log-decay of chunk k. The exponents are
-    # sums of the terms in range (not differences of running sums), as in Mamba2's segsum.
-    chunk_log_decay = dA_cs[..., -1].permute(0, 2, 3, 1)  # (b, g, hpg, c)
-    in_range = torch.ones(c + 1, c, dtype=torch.bool, device=xdt.device).tril(-1)
-    terms = chunk_log_decay[..., None, :].masked_fill(~in_range, 0.0)  # (b, g, hpg, c+1, c)
-    suffix = terms.flip(-1).cumsum(-1).flip(-1)  # [.., c, k] = a_k + .. + a_{c-1}
-    weights = torch.exp(F.pad(suffix[..., 1:], (0, 1))).masked_fill(~in_range, 0.0)
-    from_start = torch.exp(suffix[..., 0])  # (b, g, hpg, c+1): decay of S_in to chunk c
-    # (b, g, hpg, c, n * p) per head: states added by each chunk
-    added = chunk_states.float().view(b, c, g, n, hpg, p).permute(0, 2, 4, 1, 3, 5)
-    entering = weights @ added.reshape(b, g, hpg, c, n * p)  # (b, g, hpg, c+1, n * p)
-    entering = entering + from_start[..., None] * state[..., None, :]
-    state = entering[..., -1, :]
-    entering = entering[..., :-1, :].reshape(b, g, hpg, c, n, p).permute(0, 3, 1, 4, 2, 5)
-    entering = entering.reshape(b, c, g, n, hpg * p).to(dtype)
+    # 3. States entering each chunk (Mamba2's state passing): E_{k+1} = exp(a_k) E_k + s_k,
+    # a_k = chunk k's total log-decay; one fused multiply-add on (b, g, n, hpg, p) per chunk.
+    # unbind, not indexing in the loop: its backward is one stack, not a zero tensor per chunk
+    chunk_decay = torch.exp(dA_cs[..., -1])[:, :, :, None, :, None]  # (b, c, g, 1, hpg, 1)
+    added = chunk_states.view(b, c, g, n, hpg, p).unbind(1)
+    entering = []
+    for s_k, decay_k in zip(added, chunk_decay.unbind(1)):
+        entering.append(state)
+        state = torch.addcmul(s_k, state, decay_k)
+    entering = torch.stack(entering, dim=1).view(b, c, g, n, hpg * p).to(dtype)
 
     # 4. Contribution of the entering state: y_i += exp(cs_i) C_i S_c.
     y_off = (C @ entering).view(b, c, g, q, hpg, p)
-    y_off = y_off * torch.exp(dA_cs).transpose(-1, -2)[..., None].to(dtype)
-    return y.transpose(3, 4) + y_off, state
+    decay_from_start = torch.exp(dA_cs).transpose(-1, -2)[..., None].to(dtype)
+    return torch.addcmul(y.transpose(3, 4), y_off, decay_from_start), state

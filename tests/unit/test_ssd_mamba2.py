@@ -153,8 +153,8 @@ def test_mamba2_mixer_parameter_shapes_and_init():
 def test_mamba2_config_in_proj_width_multiple_of_8():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert Mamba2Config(d_model=768).in_proj_width == 1816
-        assert Mamba2Config(d_model=1024).in_proj_width == 2336
+        assert Mamba2Config(d_model=768).in_proj_width == 1808
+        assert Mamba2Config(d_model=1024).in_proj_width == 2320
     with pytest.warns(UserWarning, match="multiple of 8"):
         assert Mamba2Config(d_model=768, headdim=64).in_proj_width == 1804
 
