@@ -13,7 +13,9 @@ Not a test. One run measures, on this machine, and prints (and writes as CSV + P
    student/teacher speed ratio (teacher time / student time) stands the ideal ratio
    predicted by counting the FLOPs of both models (`model_flops`), for the encoder stack
    (mixing + FFN) and for the whole model, and the length where the student starts to
-   win (interpolated between measured lengths).
+   win (interpolated between measured lengths). Both models compute their CNN features
+   as the inference interface does, in exact chunks of --cnn-chunk frames
+   (`speechbrain_cald.inference.chunked_feature_encoder`; 0 for the whole waveform at once).
 2. One training step on the same batch (`CALDBrain.fit_batch`, CTC, AdamW, CNN frozen
    as in the recipes): teacher fine-tuning (guidance.Std), plain student fine-tuning
    (guidance.Unguided) and the CALD target-guided step (guidance.Target: frozen teacher
@@ -21,9 +23,9 @@ Not a test. One run measures, on this machine, and prints (and writes as CSV + P
 3. The SSD scan backends on BiMamba2 shapes: ours vs transformers' Mamba2 PyTorch path
    (`bench_bimamba2.py`'s measurement, reused).
 
-Default: wav2vec2-base dims, 2 threads, audio of 10, 60 and 120 s (3.7 min on an idle
-2-core CPU, 13 min on a loaded one); `--full` sweeps 10 s to 10 min; `--large` uses
-wav2vec2-large dims.
+Default: wav2vec2-base dims, 2 threads, audio of 10, 60 and 120 s, 3 repeats (about 4.5
+min on an idle 2-core CPU); `--full` sweeps 10 s to 10 min (10 min alone, one repeat: 10
+min); `--large` uses wav2vec2-large dims.
 Every process runs with machine.MALLOC_ENV (see there; `--plain-malloc` to measure without).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_encoder.py
@@ -49,6 +51,7 @@ import bench_bimamba2  # noqa: E402  (sibling script: the SSD backend measuremen
 import machine  # noqa: E402  (sibling module: the machine line)
 
 from speechbrain_cald.conversion import StudentConfig, convert_to_student  # noqa: E402
+from speechbrain_cald.inference import CHUNK_FRAMES, chunked_feature_encoder  # noqa: E402
 from speechbrain_cald.lobes.mamba2 import Mamba2Config  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -169,8 +172,9 @@ class SplitTimer:
         self.seconds = dict.fromkeys(self.seconds, 0.0)
 
 
-def infer_child(kind: str, seconds: float, large: bool, repeats: int) -> dict:
+def infer_child(kind: str, seconds: float, args: argparse.Namespace) -> dict:
     """Measure one (model, audio length) in this process."""
+    large, repeats = args.large, args.repeats
     model = build(kind, large)
     layers = model.encoder.layers
     timer = SplitTimer(
@@ -181,7 +185,8 @@ def infer_child(kind: str, seconds: float, large: bool, repeats: int) -> dict:
         }
     )
     wav = torch.randn(1, int(seconds * SAMPLE_RATE))
-    with torch.no_grad():
+    cnn_chunk = args.cnn_chunk or None  # both models: the CNN as the inference interface runs it
+    with torch.no_grad(), chunked_feature_encoder(model, cnn_chunk):
         model(torch.randn(1, SAMPLE_RATE))
         peak_mib = machine.start_peak_rss()  # (building the student freed a teacher copy)
         model(wav)  # the measured peak; also the full-length warm-up
@@ -203,6 +208,7 @@ def run_child(args: argparse.Namespace, *child: str) -> dict:
     """This script with `--child ...` in a fresh process -> its JSON result."""
     cmd = [sys.executable, __file__, "--threads", str(args.threads), "--repeats"]
     cmd += [str(args.repeats), *(["--large"] if args.large else [])]
+    cmd += ["--cnn-chunk", str(args.cnn_chunk)]
     cmd += [*(["--plain-malloc"] if args.plain_malloc else []), "--child", *child]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -427,12 +433,18 @@ def main():
     parser.add_argument("--full", action="store_true", help=f"audio lengths {FULL_SECONDS}")
     parser.add_argument("--large", action="store_true", help="wav2vec2-large dims")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--train-seconds", type=float, default=4.0)
     parser.add_argument("--ssd-frames", type=int, nargs="+", default=[3000])
     parser.add_argument("--sections", default="123", help="which sections to run")
     parser.add_argument("--out", type=Path, default=Path("bench_encoder_out"))
+    parser.add_argument(
+        "--cnn-chunk",
+        type=int,
+        default=CHUNK_FRAMES,
+        help="CNN feature chunk in frames for both models (0: whole waveform)",
+    )
     parser.add_argument("--plain-malloc", action="store_true", help="no MALLOC_ENV")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -440,7 +452,7 @@ def main():
     torch.set_num_threads(args.threads)
     if args.child:
         _, kind, seconds = args.child
-        print(json.dumps(infer_child(kind, float(seconds), args.large, args.repeats)))
+        print(json.dumps(infer_child(kind, float(seconds), args)))
         return
     args.seconds = args.seconds or (FULL_SECONDS if args.full else DEFAULT_SECONDS)
     print(machine.describe())

@@ -13,9 +13,10 @@ runs as usual. The teacher's lengths stop at its first failure (out of memory,
 Dims (--size): base = wav2vec2-base (12 layers, width 768, CNN 512 channels); small
 = 6 layers, width 256, CNN 128 channels (the size of the committed CPU sweep, see
 docs/BENCHMARKS.md for why not base); tiny = 2 layers, width 32. All use
-feat_extract_norm="layer" (as wav2vec2-large-lv60 / XLS-R): base's GroupNorm CNN
-cannot be chunked. The header line gives the dims, threads and the machine load
-(`os.getloadavg`), since the machine may be shared. Quick run:
+feat_extract_norm="layer" (as wav2vec2-large-lv60 / XLS-R), as when the committed sweep
+was run (base's GroupNorm CNN could not be chunked then; it can now). The header line
+gives the dims, threads and the machine load (`os.getloadavg`), since the machine may be
+shared. Quick run:
 
     OMP_NUM_THREADS=1 python benchmarks/bench_longform.py --size tiny --minutes 0.1 0.5 1
 """

@@ -19,8 +19,8 @@ import torch
 # every allocation, and the heap is backed by transparent huge pages (glibc >= 2.35; THP
 # in "madvise" mode), so gigabytes of saved activations do not thrash the TLB. Measured
 # on one BiMamba2 (d_model 768, 2 threads), forward+backward per frame at 30000 frames
-# over that at 3000: 1.16x with default malloc, 1.10x with the first three, 1.01-1.05x
-# with all four (docs/BENCHMARKS.md).
+# over that at 10000 (or 3000): 1.16x with default malloc, 1.12x with the first three,
+# 0.95-1.06x with all four (docs/BENCHMARKS.md, BiMamba2 scan).
 MALLOC_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(2**34),
     "MALLOC_TRIM_THRESHOLD_": str(2**34),

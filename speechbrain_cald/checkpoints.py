@@ -115,9 +115,7 @@ class AtomicCheckpointer(Checkpointer):
     def save_checkpoint(self, meta=None, end_of_epoch=True, name=None, verbosity=logging.INFO):
         """`Checkpointer.save_checkpoint` into a partial folder, then the integrity
         record and one rename to the final `CKPT+...` name (main process)."""
-        partial = super().save_checkpoint(
-            meta or {}, end_of_epoch, name, verbosity=logging.DEBUG
-        )
+        partial = super().save_checkpoint(meta or {}, end_of_epoch, name, verbosity=logging.DEBUG)
         ddp_barrier()  # savers that run on every process have finished writing
         saved = self._publish(partial, end_of_epoch, verbosity) if if_main_process() else None
         ddp_barrier()  # every process sees the same checkpoints from here on

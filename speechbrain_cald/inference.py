@@ -14,10 +14,10 @@ savedir=...)``: ASR (the stock ``speechbrain.inference.ASR.EncoderASR`` loads an
 folder too; the subclass only adds the audio checks), SpeechClassifier (intent,
 speaker; embeddings), TextClassifier, TextGenerator.
 
-Long-form: a wav2vec2 CNN feature encoder with per-frame LayerNorm
-(``feat_extract_norm="layer"``) is run in exact chunks (`chunked_feature_encoder`),
-so its memory grows linearly with the audio; the converted (linear) encoder then
-runs on the whole sequence in one pass.
+Long-form: the wav2vec2 CNN feature encoder (per-frame LayerNorm, or wav2vec2-base's
+GroupNorm over the whole waveform, whose statistics a first pass computes) is run in
+exact chunks (`chunked_feature_encoder`), so its working memory is one chunk's; the
+converted (linear) encoder then runs on the whole sequence in one pass.
 """
 
 import json
@@ -63,37 +63,53 @@ def feature_encoder_geometry(config):
 @contextmanager
 def chunked_feature_encoder(model, chunk_frames, progress=False):
     """Within the block, `model`'s CNN feature encoder runs in chunks of `chunk_frames`
-    (with a tqdm bar over the chunks if `progress`).
+    (with a tqdm bar over the chunks if `progress`), so its memory stays that of one chunk
+    whatever the length.
 
     Chunk c covers output frames [c*n, (c+1)*n) and reads exactly their input
     samples: it starts at a multiple of the total stride and overlaps the next chunk
     by (receptive field - stride) samples, so no frame is dropped or recomputed and
-    each equals the whole-waveform frame up to float rounding. Only per-frame
-    normalisation is chunkable: with ``feat_extract_norm="group"`` the first layer's
-    GroupNorm takes its statistics over the whole waveform, so this refuses (run
-    whole-waveform features, ``chunk_frames=None``, instead).
+    each equals the whole-waveform frame up to float rounding. With
+    ``feat_extract_norm="group"`` (wav2vec2-base) the first layer's GroupNorm takes
+    per-channel statistics over the whole waveform: they follow exactly from the first
+    and second moments of the conv's input windows (a first, cheap pass over the
+    waveform, float64; `_first_layer_statistics`), and the chunks then use them.
     """
     if chunk_frames is None:
         yield
         return
     config = model.config
-    if config.feat_extract_norm != "layer":
-        raise ValueError(
-            f"chunked CNN features need feat_extract_norm='layer', this model has "
-            f"{config.feat_extract_norm!r} (GroupNorm over the whole waveform): "
-            "use chunk_frames=None"
-        )
+    if config.feat_extract_norm not in ("layer", "group"):
+        raise ValueError(f"unknown feat_extract_norm {config.feat_extract_norm!r}")
     field, stride = feature_encoder_geometry(config)
     encoder = model.base_model.feature_extractor
     whole = encoder.forward
+    group_norm = encoder.conv_layers[0].layer_norm if config.feat_extract_norm == "group" else None
+    if group_norm is not None and group_norm.num_groups != group_norm.num_channels:
+        raise ValueError(f"expected one GroupNorm group per channel, got {group_norm}")
 
     def chunked(wavs):
         n_frames = max((wavs.shape[-1] - field) // stride + 1, 1)
-        pieces = []
         starts = range(0, n_frames, chunk_frames)
-        for start in tqdm(starts, desc="CNN features", disable=not progress):
-            end = min(start + chunk_frames, n_frames)
-            pieces.append(whole(wavs[..., start * stride : (end - 1) * stride + field]))
+        several = len(starts) > 1  # one chunk: the whole waveform as it is
+        normalise_by_statistics = group_norm is not None and several
+        if normalise_by_statistics:
+            conv = encoder.conv_layers[0].conv
+            mean, var = _first_layer_statistics(conv, wavs, chunk_frames * stride // conv.stride[0])
+            weight, bias = group_norm.weight.double()[:, None], group_norm.bias.double()[:, None]
+            scale = torch.rsqrt(var + group_norm.eps) * weight  # (batch, channels, 1)
+            shift = (bias - mean * scale).to(group_norm.weight.dtype)
+            scale = scale.to(group_norm.weight.dtype)
+            group_norm.forward = lambda h: torch.addcmul(shift, h, scale)
+        pieces = []
+        try:
+            for start in tqdm(starts, desc="CNN features", disable=not progress):
+                end = min(start + chunk_frames, n_frames)
+                piece = wavs[..., start * stride : (end - 1) * stride + field] if several else wavs
+                pieces.append(whole(piece))
+        finally:
+            if normalise_by_statistics:
+                del group_norm.forward
         return torch.cat(pieces, dim=-1)
 
     encoder.forward = chunked
@@ -101,6 +117,35 @@ def chunked_feature_encoder(model, chunk_frames, progress=False):
         yield
     finally:
         del encoder.forward
+
+
+def _first_layer_statistics(conv, wavs, per_chunk):
+    """Per (utterance, channel) mean and (biased) variance over time of the first conv
+    layer `conv` (one input channel) on `wavs` `(batch, samples)`, as
+    GroupNorm(channels, channels) computes them, without running the conv: with x_t the
+    `kernel` samples frame t reads, out_t = W x_t + b, so the mean is W m + b and the
+    mean square diag(W R W^T) + 2 b (W m) + b^2, where m and R are the mean and the
+    (kernel x kernel) second moment of the windows x_t, summed in float64 over pieces of
+    `per_chunk` frames. Returns two `(batch, channels, 1)` float64 tensors."""
+    if conv.in_channels != 1 or conv.groups != 1:
+        raise ValueError(f"expected a one-channel first conv layer, got {conv}")
+    kernel, step = conv.kernel_size[0], conv.stride[0]
+    windows = wavs.unfold(-1, kernel, step)  # (batch, frames, kernel), a view
+    n_out = windows.shape[1]
+    window_sum = wavs.new_zeros(wavs.shape[0], kernel, dtype=torch.float64)
+    second = wavs.new_zeros(wavs.shape[0], kernel, kernel, dtype=torch.float64)
+    for start in range(0, n_out, per_chunk):
+        piece = windows[:, start : start + per_chunk].double()
+        window_sum += piece.sum(1)
+        second += piece.transpose(1, 2) @ piece
+    weight = conv.weight.detach().double()[:, 0]  # (channels, kernel)
+    bias = 0.0 if conv.bias is None else conv.bias.detach().double()
+    projected = (window_sum / n_out) @ weight.T  # (batch, channels): W m
+    mean = projected + bias
+    mean_square = torch.einsum("ck,bkl,cl->bc", weight, second / n_out, weight)
+    mean_square = mean_square + 2 * bias * projected + bias * bias
+    var = (mean_square - mean.square()).clamp_min(0.0)
+    return mean[..., None], var[..., None]
 
 
 def _hf_model_from_config(config_dict):
@@ -413,8 +458,7 @@ def export_inference_folder(
             "0".."n-1"); CTCASR: unused (the vocabulary is ``task.vocab``).
         tokenizer: text tasks: an HF fast tokenizer or a `tokenizers.Tokenizer`.
         sample_rate: speech: the model's input rate; other rates are resampled on load.
-        chunk_frames: speech: CNN feature chunk (None: whole waveform; forced to None
-            for ``feat_extract_norm="group"`` models).
+        chunk_frames: speech: CNN feature chunk (None: whole waveform).
 
     Returns the path of the written ``hyperparams.yaml``; `load_inference_folder`
     loads it with the interface named in its ``interface`` entry.
@@ -434,8 +478,6 @@ def export_inference_folder(
     )
     if output:  # speech
         modules = ["encoder", *(["heads"] if "heads" in loadables else [])]
-        if getattr(model.config, "feat_extract_norm", None) != "layer":
-            chunk_frames = None
         model_lines = [
             f"sample_rate: {sample_rate}",
             "audio_normalizer: !new:speechbrain.dataio.preprocess.AudioNormalizer",

@@ -126,30 +126,32 @@ def test_classifier_export_reload(tmp_path, wavs):
     torch.testing.assert_close(score, fresh["scores"]["scenario"])
 
 
+@pytest.mark.parametrize("norm", ["layer", "group"])
 @pytest.mark.parametrize("n_samples", [400, 1599, 16000, 16000 * 3 + 123])
-def test_chunked_features_equal_whole(n_samples):
-    """Chunks of 7 frames (uneven last chunk) give the whole-waveform features.
+def test_chunked_features_equal_whole(n_samples, norm):
+    """Chunks of 7 frames (uneven last chunk) give the whole-waveform features, for
+    per-frame LayerNorm and for the first layer's GroupNorm over the whole waveform
+    (statistics from the input windows' moments, in float64).
 
-    Tolerance: float32, atol 1e-5 (convolutions over inputs of different length
-    may sum in a different order).
+    Tolerance: float32, atol/rtol 1e-5 (convolutions over inputs of different length
+    may sum in a different order; GroupNorm's statistics are summed differently).
     """
-    model = tiny_student(Wav2Vec2Model)
-    wav = torch.randn(2, n_samples)
+    model = tiny_student(Wav2Vec2Model, norm=norm)
+    if norm == "group":  # non-trivial affine and conv bias: statistics must include them
+        first = model.feature_extractor.conv_layers[0]
+        torch.nn.init.normal_(first.layer_norm.weight)
+        torch.nn.init.normal_(first.layer_norm.bias)
+        first.conv.bias = torch.nn.Parameter(torch.randn(first.conv.out_channels))
+    wav = torch.randn(2, n_samples) * torch.tensor([[1.0], [3.0]]) + 0.5
     encoder = model.feature_extractor
     with torch.no_grad():
         whole = encoder(wav)
         with inference.chunked_feature_encoder(model, chunk_frames=7):
             chunked = encoder(wav)
     assert "forward" not in vars(encoder)  # restored
+    assert "forward" not in vars(encoder.conv_layers[0].layer_norm)
     assert chunked.shape == whole.shape
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
-
-
-def test_chunked_features_refuse_group_norm():
-    model = tiny_student(Wav2Vec2Model, norm="group")
-    with pytest.raises(ValueError, match="feat_extract_norm='layer'"):
-        with inference.chunked_feature_encoder(model, chunk_frames=7):
-            pass
 
 
 @pytest.fixture(scope="module")
