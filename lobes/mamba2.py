@@ -76,9 +76,12 @@ class Mamba2Config:
         multiple of 8; 32 when neither does."""
         for headdim in (64, 48):
             nheads, rest = divmod(self.d_inner, headdim)
-            if not rest and (2 * self.d_inner + 2 * self.ngroups * self.d_state + nheads) % 8 == 0:
+            if not rest and self._in_proj_width(nheads) % 8 == 0:
                 return headdim
         return 32
+
+    def _in_proj_width(self, nheads: int) -> int:
+        return 2 * self.d_inner + 2 * self.ngroups * self.d_state + nheads
 
     @property
     def d_inner(self) -> int:
@@ -96,7 +99,7 @@ class Mamba2Config:
     @property
     def in_proj_width(self) -> int:
         """Width of in_proj's output [z, x, B, C, dt]."""
-        return 2 * self.d_inner + 2 * self.ngroups * self.d_state + self.nheads
+        return self._in_proj_width(self.nheads)
 
 
 def causal_depthwise_conv1d(
