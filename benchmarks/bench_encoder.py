@@ -15,7 +15,7 @@ Not a test. One run measures, on this machine, and prints (and writes as CSV + P
    (mixing + FFN) and for the whole model, and the length where the student starts to
    win (interpolated between measured lengths). Both models compute their CNN features
    as the inference interface does, in exact chunks of --cnn-chunk frames
-   (`speechbrain_cald.inference.chunked_feature_encoder`; 0 for the whole waveform at once).
+   (`speechbrain_cald.feature_encoder.exact_feature_encoder`; 0 for the whole waveform at once).
 2. One training step on the same batch (`CALDBrain.fit_batch`, CTC, AdamW, CNN frozen
    as in the recipes): teacher fine-tuning (guidance.Std), plain student fine-tuning
    (guidance.Unguided) and the CALD target-guided step (guidance.Target: frozen teacher
@@ -51,7 +51,7 @@ import bench_bimamba2  # noqa: E402  (sibling script: the SSD backend measuremen
 import machine  # noqa: E402  (sibling module: the machine line)
 
 from speechbrain_cald.conversion import StudentConfig, convert_to_student  # noqa: E402
-from speechbrain_cald.inference import CHUNK_FRAMES, chunked_feature_encoder  # noqa: E402
+from speechbrain_cald.feature_encoder import CHUNK_FRAMES, exact_feature_encoder  # noqa: E402
 from speechbrain_cald.lobes.mamba2 import Mamba2Config  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -186,7 +186,7 @@ def infer_child(kind: str, seconds: float, args: argparse.Namespace) -> dict:
     )
     wav = torch.randn(1, int(seconds * SAMPLE_RATE))
     cnn_chunk = args.cnn_chunk or None  # both models: the CNN as the inference interface runs it
-    with torch.no_grad(), chunked_feature_encoder(model, cnn_chunk):
+    with torch.no_grad(), exact_feature_encoder(model, chunk_frames=cnn_chunk):
         model(torch.randn(1, SAMPLE_RATE))
         peak_mib = machine.start_peak_rss()  # (building the student freed a teacher copy)
         model(wav)  # the measured peak; also the full-length warm-up

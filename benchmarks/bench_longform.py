@@ -5,7 +5,7 @@ a fresh subprocess builds the model, runs one forward pass without gradients and
 reports its wall time and the growth of the process's peak resident set
 (ru_maxrss) over its value after building the model and a 1 s warm-up. The student
 (wav2vec2 with BiMamba2 mixers) computes its CNN features in exact chunks
-(`speechbrain_cald.inference.chunked_feature_encoder`) and runs the encoder on the
+(`speechbrain_cald.feature_encoder.exact_feature_encoder`) and runs the encoder on the
 whole sequence in one pass; the teacher (the same wav2vec2 with SDPA attention)
 runs as usual. The teacher's lengths stop at its first failure (out of memory,
 --time-limit or --mem-limit).
@@ -34,7 +34,7 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from speechbrain_cald.conversion import convert_to_student
-from speechbrain_cald.inference import CHUNK_FRAMES, chunked_feature_encoder
+from speechbrain_cald.feature_encoder import CHUNK_FRAMES, exact_feature_encoder
 
 SAMPLE_RATE = 16000
 TINY = dict(
@@ -72,7 +72,7 @@ def child(kind, minutes, size, threads):
     torch.set_num_threads(threads)
     model = build(kind, size)
     chunk = CHUNK_FRAMES if kind == "student" else None
-    with torch.no_grad(), chunked_feature_encoder(model, chunk):
+    with torch.no_grad(), exact_feature_encoder(model, chunk_frames=chunk):
         model(torch.randn(1, SAMPLE_RATE))
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         wav = torch.randn(1, int(minutes * 60 * SAMPLE_RATE))

@@ -21,7 +21,6 @@ a `cald_student` entry) is loaded through `speechbrain_cald.conversion`.
 
 import argparse
 import csv
-import inspect
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from speechbrain_cald.audio import read_audio
+from speechbrain_cald.speech_input import speech_model_forward
 
 SAMPLE_RATE = 16000
 
@@ -41,40 +43,30 @@ Batch = Mapping[str, torch.Tensor]
 # ---------------------------------------------------------------------------------
 
 
-def frame_mask_for(model: nn.Module, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Boolean `(batch, frames)` mask of the valid positions of `model`'s hidden states.
-
-    Text models keep the token mask `(batch, tokens)` as it is. Speech models with a
-    convolutional feature encoder (wav2vec2, HuBERT, WavLM: they define
-    `_get_feat_extract_output_lengths`) get the sample mask `(batch, samples)`
-    downsampled: per row, the first `out_len(valid samples)` of `out_len(samples)`
-    frames are valid (right padding assumed, as everywhere in this project).
-    """
-    attention_mask = attention_mask.bool()
-    out_len = getattr(model, "_get_feat_extract_output_lengths", None)
-    if out_len is None:
-        return attention_mask
-    # The encoder's hidden states come before any adapter, so count frames without it.
-    kwargs = (
-        {"add_adapter": False} if "add_adapter" in inspect.signature(out_len).parameters else {}
-    )
-    n_valid = out_len(attention_mask.sum(dim=-1), **kwargs)  # (batch,)
-    n_frames = int(out_len(torch.tensor(attention_mask.shape[-1]), **kwargs))
-    return torch.arange(n_frames, device=attention_mask.device) < n_valid[:, None]
-
-
 @torch.no_grad()
 def _hidden_states(model: nn.Module, batch: Batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """Hidden states (num_layers + 1 of `(batch, frames, d_model)`) and their valid
-    mask `(batch, frames)` for one batch of model kwargs (model in eval mode)."""
+    mask `(batch, frames)` for one batch of model kwargs (model in eval mode).
+
+    Raw waveforms (`input_values` with a sample `attention_mask`, as `audio_batches`
+    makes them) go through the speech input path of training and inference
+    (`speech_input.speech_model_forward`: the model's input normalisation, a
+    padding-exact CNN); text batches (`input_ids`) are passed to the model as they are.
+    """
     device = next(model.parameters()).device
     kwargs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    states = model(**kwargs, output_hidden_states=True).hidden_states
     mask = kwargs.get("attention_mask")
+    if "input_values" in kwargs:
+        wavs = kwargs["input_values"]
+        if mask is None:
+            mask = torch.ones(wavs.shape, dtype=torch.long, device=device)
+        rel_lens = mask.sum(1).double() / wavs.shape[1]
+        out, mask = speech_model_forward(model, wavs, rel_lens, output_hidden_states=True)
+        return out.hidden_states, mask
+    states = model(**kwargs, output_hidden_states=True).hidden_states
     if mask is None:
         mask = torch.ones(states[0].shape[:2], dtype=torch.bool, device=device)
-    else:
-        mask = frame_mask_for(model, mask)
+    mask = mask.bool()
     if mask.shape != states[0].shape[:2]:
         raise ValueError(
             f"valid mask {tuple(mask.shape)} does not fit hidden states {tuple(states[0].shape)}"
@@ -289,22 +281,10 @@ def plot_trajectories(projected: Mapping[str, np.ndarray], path: str | Path) -> 
 # ---------------------------------------------------------------------------------
 
 
-def load_audio(path: str | Path) -> torch.Tensor:
-    """Mono 16 kHz float32 waveform `(samples,)` (soundfile; channels averaged)."""
-    import soundfile
-    import torchaudio.functional
-
-    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # (samples, ch)
-    wav = torch.from_numpy(data).mean(dim=1)
-    if rate != SAMPLE_RATE:
-        wav = torchaudio.functional.resample(wav, rate, SAMPLE_RATE)
-    return wav
-
-
 def audio_batches(paths: Sequence[str | Path], batch_size: int) -> list[dict[str, torch.Tensor]]:
     """Right-padded `{"input_values": (batch, samples), "attention_mask": (batch, samples)}`
     batches of the given audio files."""
-    wavs = [load_audio(p) for p in paths]
+    wavs = [torch.from_numpy(read_audio(p, SAMPLE_RATE)) for p in paths]
     batches = []
     for start in range(0, len(wavs), batch_size):
         chunk = wavs[start : start + batch_size]

@@ -4,17 +4,17 @@ Nothing here knows a corpus: the prepare scripts parse their own layouts and han
 rows to these helpers, which
 
 - check a data folder's layout and name what is missing (`check_layout`);
-- check audio files (readable by soundfile, non-empty, sample rate, duration) and
-  read / resample / write audio (`audio_info`, `read_audio`, `resample`, `write_audio`);
+- check, read and write audio files through `speechbrain_cald.audio` (`audio_info`,
+  `read_audio`, `write_audio`, re-exported here for the prepare scripts);
 - write SpeechBrain CSV manifests (`ID,duration,wav,...`) atomically;
 - skip a preparation whose manifests already exist and are complete, using a small
   JSON file next to the manifests that records the options and the row counts
   (`run_prep` ties the steps together for all three recipes).
 
 Every data problem raises `DataPrepError`, whose message names the file (and the
-line, for text files). Audio I/O goes through soundfile only (torchaudio's I/O is
-unavailable here), and this module imports neither torch nor speechbrain at load
-time, so a prepare step stays cheap.
+line, for text files). Audio I/O goes through `speechbrain_cald.audio` only, and
+this module imports neither torch nor speechbrain at load time, so a prepare step
+stays cheap.
 """
 
 from __future__ import annotations
@@ -24,25 +24,19 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from math import gcd
 
-import numpy as np
-import soundfile as sf
+from speechbrain_cald.audio import (  # noqa: F401  (re-exported for prepare scripts)
+    DataPrepError,
+    audio_info,
+    file_error,
+    read_audio,
+    write_audio,
+)
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_HEAD = ("ID", "duration", "wav")
 OPTIONS_VERSION = 1
-
-
-class DataPrepError(ValueError):
-    """A problem with the data being prepared; the message names the file (and line)."""
-
-
-def file_error(path, message: str, line: int | None = None) -> DataPrepError:
-    """Build a `DataPrepError` whose message starts with `path[:line]`."""
-    where = f"{path}:{line}" if line is not None else f"{path}"
-    return DataPrepError(f"{where}: {message}")
 
 
 # --------------------------------------------------------------------------- layout
@@ -71,80 +65,6 @@ def iter_lines(path) -> Iterator[tuple[int, str]]:
             line = line.strip()
             if line:
                 yield number, line
-
-
-# --------------------------------------------------------------------------- audio
-
-
-def audio_info(
-    path, expected_sr: int | None = None, min_duration: float = 0.0
-) -> tuple[float, int, int]:
-    """Check an audio file from its header; return `(duration_s, sample_rate, frames)`.
-
-    Raises `DataPrepError` naming the file when it is missing, unreadable by
-    soundfile, empty, at another sample rate than `expected_sr`, or shorter
-    than `min_duration` seconds.
-    """
-    if not os.path.isfile(path):
-        raise file_error(path, "audio file not found")
-    try:
-        info = sf.info(path)
-    except (RuntimeError, sf.SoundFileError) as err:  # LibsndfileError is a RuntimeError
-        hint = ""
-        if str(path).lower().endswith(".sph"):
-            hint = "; a shorten-compressed SPHERE file needs converting first, e.g. with sph2pipe"
-        raise file_error(path, f"unreadable audio ({err}){hint}") from err
-    if info.frames <= 0 or info.samplerate <= 0:
-        raise file_error(path, "empty audio file (0 samples)")
-    if expected_sr is not None and info.samplerate != expected_sr:
-        raise file_error(path, f"sample rate {info.samplerate} Hz, expected {expected_sr} Hz")
-    duration = info.frames / info.samplerate
-    if duration < min_duration:
-        raise file_error(path, f"duration {duration:.3f} s is below {min_duration} s")
-    return duration, info.samplerate, info.frames
-
-
-def read_audio(path, target_sr: int | None = None) -> tuple[np.ndarray, int]:
-    """Read a file as mono float32 (channels averaged); resample to `target_sr` if given."""
-    audio_info(path)
-    try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
-    except (RuntimeError, sf.SoundFileError) as err:
-        raise file_error(path, f"unreadable audio ({err})") from err
-    if data.shape[0] == 0:
-        raise file_error(path, "empty audio file (0 samples)")
-    signal = data.mean(axis=1)
-    if target_sr is not None and sr != target_sr:
-        signal, sr = resample(signal, sr, target_sr), target_sr
-    return signal, sr
-
-
-def resample(signal: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Band-limited resampling of a 1-D signal (scipy's polyphase filter, else torchaudio)."""
-    if orig_sr == target_sr:
-        return signal
-    try:
-        from scipy.signal import resample_poly
-    except ImportError:  # torchaudio's functional resample works in its pure-Python mode
-        import torch
-        import torchaudio.functional as AF
-
-        out = AF.resample(torch.from_numpy(np.ascontiguousarray(signal)), orig_sr, target_sr)
-        return out.numpy().astype(np.float32)
-    g = gcd(int(orig_sr), int(target_sr))
-    return resample_poly(signal, target_sr // g, orig_sr // g).astype(np.float32)
-
-
-def write_audio(path, signal: np.ndarray, sr: int, **kwargs) -> None:
-    """Write audio atomically (tmp file + os.replace); format follows the extension."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{os.getpid()}{ext}"
-    if ext.lower() == ".sph":
-        kwargs.setdefault("format", "NIST")
-    kwargs.setdefault("subtype", "PCM_16")
-    sf.write(tmp, signal, sr, **kwargs)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- manifests

@@ -2,12 +2,14 @@
 
 A strategy answers three questions for the Brain: where the student starts
 (`init_student`), who the teacher is at optimizer step s (`teacher(s)`, None when
-there is none) and the loss weights at step s (`weights(s)`). `on_step_end` runs
-after every optimizer step (trajectory teacher update, std waypoint saving). Steps
-count completed optimizer steps: during the batch that makes step s + 1, s is the
-current step. Teachers live outside Brain.modules, run under no_grad in the mode set
-by `teacher_train_mode` (default eval; the reference runs them in train mode), and
-are frozen except for the trajectory teacher's own updates. A strategy's state is
+there is none; `teacher_forward` runs it on a batch) and the loss weights at step s
+(`weights(s)`). The Brain hands it what it needs once (`bind`: an export callback,
+the gradient-accumulation factor); `on_step_end` runs after every optimizer step
+(trajectory teacher update, std waypoint saving). Steps count completed optimizer
+steps: during the batches that make step s + 1, s is the current step. Teachers
+live outside Brain.modules, run under no_grad in the mode set by
+`teacher_train_mode` (default eval; the reference runs them in train mode, as the
+recipes do), and are frozen except for the trajectory teacher's own updates. A strategy's state is
 saved and restored by SpeechBrain's Checkpointer (it is one recoverable).
 
 Selected in YAML with ``!new:``, e.g.::
@@ -63,6 +65,13 @@ class Guidance:
         self.teacher_train_mode = teacher_train_mode
         self.task = None
         self.device = torch.device("cpu")
+        self.export = None
+        self.accumulation = 1
+
+    def bind(self, export=None, accumulation=1):
+        """What the Brain provides: `export(folder)` saves the student (+ heads) as a
+        teacher folder; `accumulation` micro-batches make one optimizer step."""
+        self.export, self.accumulation = export, accumulation
 
     def init_student(self, task):
         """Bind the task and build the student: (HF model, heads or None)."""
@@ -79,12 +88,24 @@ class Guidance:
         """(model, heads) of the teacher at `step`, or None."""
         return None
 
+    def teacher_forward(self, batch, step, stage):
+        """The teacher's TaskOutputs on `batch` at `step` (no gradients), or None."""
+        teacher = self.teacher(step)
+        if teacher is None:
+            return None
+        model, heads = teacher
+        with torch.no_grad():
+            return self.task.forward(model, batch, stage, heads)
+
     def weights(self, step):
         """CALDLossWeights at `step`."""
         return self.loss_weights
 
-    def on_step_end(self, brain, batch, step):
-        """Called after optimizer step `step` (1-based) with the batch that made it."""
+    def on_step_end(self, step):
+        """Called after optimizer step `step` (1-based)."""
+
+    def on_step_skipped(self):
+        """Called instead of `on_step_end` when a window made no update (non-finite loss)."""
 
     def state_dict(self):
         """What a checkpoint must hold to resume this strategy exactly."""
@@ -132,9 +153,9 @@ class Std(Guidance):
         self.waypoint_folder = waypoint_folder
         self.waypoint_every = waypoint_every
 
-    def on_step_end(self, brain, batch, step):
+    def on_step_end(self, step):
         if self.waypoint_every and step % self.waypoint_every == 0:
-            brain.export(waypoint_path(self.waypoint_folder, step))
+            self.export(waypoint_path(self.waypoint_folder, step))
 
 
 class Unguided(Guidance):
@@ -171,14 +192,42 @@ class SrcInit(Target):
         self.start = pretrained
 
 
+def _scheduler_state(scheduler):
+    """The counters and values of an LR scheduler object (SpeechBrain's keep them as
+    plain attributes), for a guidance checkpoint."""
+    return {k: v for k, v in vars(scheduler).items() if isinstance(v, (bool, int, float))}
+
+
+def _detached(outputs):
+    """TaskOutputs with every tensor detached (a teacher's targets for the student)."""
+
+    def detach(value):
+        if isinstance(value, torch.Tensor):
+            return value.detach()
+        if isinstance(value, dict):
+            return {k: detach(v) for k, v in value.items()}
+        if isinstance(value, tuple):
+            return tuple(detach(v) for v in value)
+        return value
+
+    return dataclasses.replace(
+        outputs, **{f.name: detach(getattr(outputs, f.name)) for f in dataclasses.fields(outputs)}
+    )
+
+
 class Trajectory(Guidance):
     """Teacher: the pretrained transformer, fine-tuned alongside the student.
 
     The teacher (and a copy of the student's initial heads) has its own optimizer
-    (`opt_class`: params -> optimizer) and takes one step on the task loss every
-    `update_every` student optimizer steps, on the batch of that step (under the
-    Brain's autocast; gradients are not clipped). The student distils from its
-    current, detached hidden states.
+    (`opt_class`: params -> optimizer) and LR schedule (`lr_scheduler`, called as
+    scheduler(optimizer) before each teacher update; None keeps the optimizer's LR),
+    and takes one step on the task loss every `update_every` student optimizer steps,
+    with its gradients accumulated over that step's whole accumulation window (each
+    micro-batch's loss / the accumulation factor, as the reference) and clipped to
+    `max_grad_norm` (None: no clipping). The student distils from the teacher's
+    detached outputs *before* the update: with `teacher_train_mode` (the reference)
+    the forward pass of the update window serves both; otherwise the student reads a
+    separate eval-mode pass. Optimizer, schedule and counters are checkpointed.
     """
 
     def __init__(
@@ -189,10 +238,18 @@ class Trajectory(Guidance):
         student_config=None,
         weights=None,
         teacher_train_mode=False,
+        lr_scheduler=None,
+        max_grad_norm=None,
     ):
         super().__init__(pretrained, student_config, weights, teacher_train_mode)
+        if int(update_every) < 1:
+            raise ValueError(
+                f"trajectory update_every must be >= 1 student steps, got {update_every}"
+            )
         self.opt_class = opt_class
-        self.update_every = update_every
+        self.update_every = int(update_every)
+        self.lr_scheduler = lr_scheduler
+        self.max_grad_norm = max_grad_norm
         self.updates = 0
 
     def init_student(self, task):
@@ -218,19 +275,37 @@ class Trajectory(Guidance):
     def teacher(self, step):
         return self.model, self.heads
 
-    def on_step_end(self, brain, batch, step):
+    def _updating(self, step):
+        """Whether the window that makes optimizer step `step` + 1 updates the teacher."""
+        return (step + 1) % self.update_every == 0
+
+    def teacher_forward(self, batch, step, stage):
+        if stage != sb.Stage.TRAIN or not self._updating(step):
+            return super().teacher_forward(batch, step, stage)
+        self.model.train()
+        outputs = self.task.forward(self.model, batch, stage, self.heads)
+        (self.task.loss(outputs, batch) / self.accumulation).backward()
+        self.model.train(self.teacher_train_mode)
+        if self.teacher_train_mode:
+            return _detached(outputs)
+        return super().teacher_forward(batch, step, stage)
+
+    def on_step_end(self, step):
         if step % self.update_every:
             return
-        self.model.train()
-        with brain.training_ctx:
-            outputs = self.task.forward(self.model, batch, sb.Stage.TRAIN, self.heads)
-            loss = self.task.loss(outputs, batch)
-        loss.backward()
         self._average_gradients()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(list(self._parameters()), self.max_grad_norm)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler(self.optimizer)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.model.train(self.teacher_train_mode)
+        self.on_step_skipped()
         self.updates += 1
+
+    def on_step_skipped(self):
+        """Drop the teacher's accumulated gradients (after its update, or when the
+        student's window made no update)."""
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _average_gradients(self):
         """Under DDP each process updates the teacher on its own batch: average the
@@ -250,6 +325,8 @@ class Trajectory(Guidance):
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         if self.heads is not None:
             state["heads"] = self.heads.state_dict()
+        if self.lr_scheduler is not None:
+            state["lr_scheduler"] = _scheduler_state(self.lr_scheduler)
         return {**state, "updates": self.updates}
 
     def load_state_dict(self, state):
@@ -257,6 +334,8 @@ class Trajectory(Guidance):
         if self.heads is not None:
             self.heads.load_state_dict(state["heads"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for key, value in state.get("lr_scheduler", {}).items():
+            setattr(self.lr_scheduler, key, value)
         self.updates = state["updates"]
 
 
@@ -309,14 +388,22 @@ class Hybrid(Guidance):
     """A guided mode whose L_LD (and, if `disable_kd`, L_KD) is off from `switch_step`.
 
     Only the loss weights change; the student's optimizer and LR schedule continue.
+    The reference keeps L_KD as it was (a_KD = 1 for TEDLIUM), hence `disable_kd`
+    False by default.
     """
 
-    def __init__(self, wrapped, switch_step, disable_kd=True):
+    def __init__(self, wrapped, switch_step, disable_kd=False):
         super().__init__(wrapped.start)
+        if int(switch_step) < 1:
+            raise ValueError(f"hybrid switch_step must be a step >= 1, got {switch_step}")
         self.wrapped = wrapped
-        self.switch_step = switch_step
+        self.switch_step = int(switch_step)
         self.disable_kd = disable_kd
         self.switched = False
+
+    def bind(self, export=None, accumulation=1):
+        super().bind(export, accumulation)
+        self.wrapped.bind(export, accumulation)
 
     def init_student(self, task):
         self.task = task
@@ -330,18 +417,24 @@ class Hybrid(Guidance):
     def teacher(self, step):
         return self.wrapped.teacher(step)
 
+    def teacher_forward(self, batch, step, stage):
+        return self.wrapped.teacher_forward(batch, step, stage)
+
     def weights(self, step):
         weights = self.wrapped.weights(step)
         if step < self.switch_step:
             return weights
         return dataclasses.replace(weights, ld=0.0, kd=0.0 if self.disable_kd else weights.kd)
 
-    def on_step_end(self, brain, batch, step):
-        if self.weights(step).guided:
-            self.wrapped.on_step_end(brain, batch, step)
+    def on_step_end(self, step):
+        if self.weights(step - 1).guided:  # the weights of the window that made `step`
+            self.wrapped.on_step_end(step)
         if not self.switched and step >= self.switch_step:
             self.switched = True
             logger.info("Hybrid switch at step %d: weights now %s", step, self.weights(step))
+
+    def on_step_skipped(self):
+        self.wrapped.on_step_skipped()
 
     def state_dict(self):
         return {"wrapped": self.wrapped.state_dict(), "switched": self.switched}
@@ -352,6 +445,7 @@ class Hybrid(Guidance):
 
 
 MODES = ("std", "unguided", "target", "src_init", "trajectory", "waypoint")
+GUIDED_MODES = MODES[2:]
 
 
 def from_mode(
@@ -364,18 +458,26 @@ def from_mode(
     waypoint_every=None,
     trajectory_opt_class=None,
     trajectory_update_every=1,
+    trajectory_lr_scheduler=None,
+    trajectory_max_grad_norm=None,
     hybrid_switch_step=None,
-    hybrid_disable_kd=True,
+    hybrid_disable_kd=False,
     teacher_train_mode=False,
+    max_steps=None,
 ):
     """The strategy for `mode`, so that a recipe switches modes by overriding keys.
 
     mode: one of MODES. std saves waypoints into `waypoint_folder` (every
     `waypoint_every` steps); waypoint reads them from there. target / src_init read
     the std export in `teacher_folder`; trajectory fine-tunes its teacher with
-    `trajectory_opt_class` every `trajectory_update_every` steps. A set
-    `hybrid_switch_step` wraps the (guided) mode in Hybrid.
+    `trajectory_opt_class` and `trajectory_lr_scheduler` every
+    `trajectory_update_every` steps, clipped to `trajectory_max_grad_norm`. A set
+    `hybrid_switch_step` wraps the (guided) mode in Hybrid; it must fall inside the
+    run (1 <= step < `max_steps` when given), or the "hybrid" run would be the
+    plain guided mode or no guidance at all.
     """
+    if mode not in MODES:
+        raise ValueError(f"unknown guidance mode {mode!r}; use one of {MODES}")
     guided = {"student_config": student_config, "weights": weights}
     guided["teacher_train_mode"] = teacher_train_mode
     builders = {
@@ -384,15 +486,25 @@ def from_mode(
         "target": lambda: Target(teacher_folder, **guided),
         "src_init": lambda: SrcInit(pretrained, teacher_folder, **guided),
         "trajectory": lambda: Trajectory(
-            pretrained, trajectory_opt_class, trajectory_update_every, **guided
+            pretrained,
+            trajectory_opt_class,
+            trajectory_update_every,
+            lr_scheduler=trajectory_lr_scheduler,
+            max_grad_norm=trajectory_max_grad_norm,
+            **guided,
         ),
         "waypoint": lambda: Waypoint(pretrained, waypoint_folder, **guided),
     }
-    if mode not in builders:
-        raise ValueError(f"unknown guidance mode {mode!r}; use one of {MODES}")
+    if hybrid_switch_step is not None:
+        if mode not in GUIDED_MODES:
+            raise ValueError(f"hybrid_switch_step needs a guided mode {GUIDED_MODES}, not {mode!r}")
+        if not 1 <= int(hybrid_switch_step) < (max_steps or float("inf")):
+            raise ValueError(
+                f"hybrid_switch_step {hybrid_switch_step} is outside the run: it must be "
+                f"between 1 and max_steps - 1 = {max_steps - 1 if max_steps else 'inf'} "
+                "(the reference switches at about 40% of the steps)"
+            )
     strategy = builders[mode]()
     if hybrid_switch_step is None:
         return strategy
-    if mode in ("std", "unguided"):
-        raise ValueError(f"hybrid_switch_step needs a guided mode, not {mode!r}")
     return Hybrid(strategy, hybrid_switch_step, hybrid_disable_kd)

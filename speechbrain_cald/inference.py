@@ -14,138 +14,42 @@ savedir=...)``: ASR (the stock ``speechbrain.inference.ASR.EncoderASR`` loads an
 folder too; the subclass only adds the audio checks), SpeechClassifier (intent,
 speaker; embeddings), TextClassifier, TextGenerator.
 
-Long-form: the wav2vec2 CNN feature encoder (per-frame LayerNorm, or wav2vec2-base's
-GroupNorm over the whole waveform, whose statistics a first pass computes) is run in
-exact chunks (`chunked_feature_encoder`), so its working memory is one chunk's; the
-converted (linear) encoder then runs on the whole sequence in one pass.
+Audio reaches the model exactly as in training: files are read by
+`speechbrain_cald.audio` (also the folder's ``audio_normalizer``, so stock SpeechBrain
+interfaces read them the same way) and batches go through
+`speechbrain_cald.speech_input` (the model's input normalisation, a padding-exact CNN).
+Long-form: the CNN feature encoder runs in exact chunks (`feature_encoder`), so its
+working memory is one chunk's; the converted (linear) encoder then runs on the whole
+sequence in one pass.
 """
 
 import json
 import os
 import tempfile
-from contextlib import contextmanager
 
 import tokenizers
 import torch
 import transformers
-from speechbrain.dataio import audio_io
 from speechbrain.dataio.encoder import CategoricalEncoder, CTCTextEncoder
 from speechbrain.inference.ASR import EncoderASR
 from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
-from tqdm import tqdm
 
 from speechbrain_cald import conversion
+from speechbrain_cald.audio import read_audio
+from speechbrain_cald.feature_encoder import CHUNK_FRAMES
+from speechbrain_cald.masks import lengths_to_mask, masked_mean
+from speechbrain_cald.speech_input import speech_model_forward
 from speechbrain_cald.tasks import (
     CTCASR,
     CausalLM,
     SequenceClassification,
     UtteranceClassification,
-    lengths_to_mask,
 )
 
 HPARAMS_FILE = "hyperparams.yaml"
-# Default CNN chunk: 3000 frames = 60 s at 16 kHz with the wav2vec2 stride of 320.
-CHUNK_FRAMES = 3000
 # Peak amplitude (full scale 1.0) at or below which a file counts as silent.
 SILENCE_PEAK = 1e-5
-
-
-def feature_encoder_geometry(config):
-    """(receptive field, total stride) of the CNN feature encoder, in samples."""
-    field, stride = 1, 1
-    for kernel, step in zip(config.conv_kernel, config.conv_stride):
-        field += (kernel - 1) * stride
-        stride *= step
-    return field, stride
-
-
-@contextmanager
-def chunked_feature_encoder(model, chunk_frames, progress=False):
-    """Within the block, `model`'s CNN feature encoder runs in chunks of `chunk_frames`
-    (with a tqdm bar over the chunks if `progress`), so its memory stays that of one chunk
-    whatever the length.
-
-    Chunk c covers output frames [c*n, (c+1)*n) and reads exactly their input
-    samples: it starts at a multiple of the total stride and overlaps the next chunk
-    by (receptive field - stride) samples, so no frame is dropped or recomputed and
-    each equals the whole-waveform frame up to float rounding. With
-    ``feat_extract_norm="group"`` (wav2vec2-base) the first layer's GroupNorm takes
-    per-channel statistics over the whole waveform: they follow exactly from the first
-    and second moments of the conv's input windows (a first, cheap pass over the
-    waveform, float64; `_first_layer_statistics`), and the chunks then use them.
-    """
-    if chunk_frames is None:
-        yield
-        return
-    config = model.config
-    if config.feat_extract_norm not in ("layer", "group"):
-        raise ValueError(f"unknown feat_extract_norm {config.feat_extract_norm!r}")
-    field, stride = feature_encoder_geometry(config)
-    encoder = model.base_model.feature_extractor
-    whole = encoder.forward
-    group_norm = encoder.conv_layers[0].layer_norm if config.feat_extract_norm == "group" else None
-    if group_norm is not None and group_norm.num_groups != group_norm.num_channels:
-        raise ValueError(f"expected one GroupNorm group per channel, got {group_norm}")
-
-    def chunked(wavs):
-        n_frames = max((wavs.shape[-1] - field) // stride + 1, 1)
-        starts = range(0, n_frames, chunk_frames)
-        several = len(starts) > 1  # one chunk: the whole waveform as it is
-        normalise_by_statistics = group_norm is not None and several
-        if normalise_by_statistics:
-            conv = encoder.conv_layers[0].conv
-            mean, var = _first_layer_statistics(conv, wavs, chunk_frames * stride // conv.stride[0])
-            weight, bias = group_norm.weight.double()[:, None], group_norm.bias.double()[:, None]
-            scale = torch.rsqrt(var + group_norm.eps) * weight  # (batch, channels, 1)
-            shift = (bias - mean * scale).to(group_norm.weight.dtype)
-            scale = scale.to(group_norm.weight.dtype)
-            group_norm.forward = lambda h: torch.addcmul(shift, h, scale)
-        pieces = []
-        try:
-            for start in tqdm(starts, desc="CNN features", disable=not progress):
-                end = min(start + chunk_frames, n_frames)
-                piece = wavs[..., start * stride : (end - 1) * stride + field] if several else wavs
-                pieces.append(whole(piece))
-        finally:
-            if normalise_by_statistics:
-                del group_norm.forward
-        return torch.cat(pieces, dim=-1)
-
-    encoder.forward = chunked
-    try:
-        yield
-    finally:
-        del encoder.forward
-
-
-def _first_layer_statistics(conv, wavs, per_chunk):
-    """Per (utterance, channel) mean and (biased) variance over time of the first conv
-    layer `conv` (one input channel) on `wavs` `(batch, samples)`, as
-    GroupNorm(channels, channels) computes them, without running the conv: with x_t the
-    `kernel` samples frame t reads, out_t = W x_t + b, so the mean is W m + b and the
-    mean square diag(W R W^T) + 2 b (W m) + b^2, where m and R are the mean and the
-    (kernel x kernel) second moment of the windows x_t, summed in float64 over pieces of
-    `per_chunk` frames. Returns two `(batch, channels, 1)` float64 tensors."""
-    if conv.in_channels != 1 or conv.groups != 1:
-        raise ValueError(f"expected a one-channel first conv layer, got {conv}")
-    kernel, step = conv.kernel_size[0], conv.stride[0]
-    windows = wavs.unfold(-1, kernel, step)  # (batch, frames, kernel), a view
-    n_out = windows.shape[1]
-    window_sum = wavs.new_zeros(wavs.shape[0], kernel, dtype=torch.float64)
-    second = wavs.new_zeros(wavs.shape[0], kernel, kernel, dtype=torch.float64)
-    for start in range(0, n_out, per_chunk):
-        piece = windows[:, start : start + per_chunk].double()
-        window_sum += piece.sum(1)
-        second += piece.transpose(1, 2) @ piece
-    weight = conv.weight.detach().double()[:, 0]  # (channels, kernel)
-    bias = 0.0 if conv.bias is None else conv.bias.detach().double()
-    projected = (window_sum / n_out) @ weight.T  # (batch, channels): W m
-    mean = projected + bias
-    mean_square = torch.einsum("ck,bkl,cl->bc", weight, second / n_out, weight)
-    mean_square = mean_square + 2 * bias * projected + bias * bias
-    var = (mean_square - mean.square()).clamp_min(0.0)
-    return mean[..., None], var[..., None]
 
 
 def _hf_model_from_config(config_dict):
@@ -173,38 +77,28 @@ class SpeechEncoder(torch.nn.Module):
         self.progress = False
 
     def forward(self, wavs, wav_lens):
-        # Not Task.speech_forward: keeping every layer's hidden states of an hour of
-        # audio would cost (layers + 1) x the memory of one.
-        sample_mask = lengths_to_mask(wav_lens, wavs.shape[1])
-        with chunked_feature_encoder(self.model, self.chunk_frames, self.progress):
-            out = self.model(wavs, attention_mask=sample_mask.long())
+        # Without the hidden states of every layer (Task.speech_forward keeps them for
+        # distillation): for an hour of audio they would cost (layers + 1) x one.
+        out, valid = speech_model_forward(
+            self.model, wavs, wav_lens, self.chunk_frames, self.progress
+        )
         if self.output == "log_probs":
             return out.logits.float().log_softmax(-1)
-        hidden = out.last_hidden_state
-        n_frames = self.model._get_feat_extract_output_lengths(sample_mask.sum(1))
-        valid = torch.arange(hidden.shape[1], device=hidden.device) < n_frames.unsqueeze(1)
-        weights = valid.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return masked_mean(out.last_hidden_state, valid, dim=1)
 
 
 class CheckedAudioMixin:
-    """`load_audio` for local files with clear errors naming the file.
-
-    Any sample rate soundfile reads (int or float) is resampled to the model's rate,
-    multi-channel audio is averaged to mono (the hparams' ``audio_normalizer``).
+    """`load_audio` for local files through `speechbrain_cald.audio.read_audio` (as
+    training reads them), with clear errors naming the file: unreadable, empty,
+    non-finite or silent audio raises ValueError.
     """
 
     def load_audio(self, path, savedir=None):
-        """Waveform (samples,) at the model's sample rate; ValueError on bad input."""
-        try:
-            signal, sample_rate = audio_io.load(str(path), channels_first=False)
-        except Exception as err:
-            raise ValueError(f"cannot read audio file {path}: {err}") from err
-        if signal.numel() == 0:
-            raise ValueError(f"audio file {path} is empty (0 samples)")
+        """Waveform (samples,) at the model's sample rate."""
+        signal = torch.from_numpy(read_audio(str(path), self.audio_normalizer.sample_rate))
         if signal.abs().max() <= SILENCE_PEAK:
             raise ValueError(f"audio file {path} is silent (peak <= {SILENCE_PEAK})")
-        return self.audio_normalizer(signal.float(), sample_rate).to(self.device)
+        return signal.to(self.device)
 
 
 class ASR(CheckedAudioMixin, EncoderASR):
@@ -480,7 +374,7 @@ def export_inference_folder(
         modules = ["encoder", *(["heads"] if "heads" in loadables else [])]
         model_lines = [
             f"sample_rate: {sample_rate}",
-            "audio_normalizer: !new:speechbrain.dataio.preprocess.AudioNormalizer",
+            "audio_normalizer: !new:speechbrain_cald.audio.AudioReader",
             "    sample_rate: !ref <sample_rate>",
             "encoder: !new:speechbrain_cald.inference.SpeechEncoder",
             f"    output: {output}",
@@ -491,12 +385,13 @@ def export_inference_folder(
         model_lines = ["model: !new:speechbrain_cald.inference.TextModel"]
     # The wrapper holds the HF model as `.model`; the Pretrainer reads <name>.ckpt.
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    config = {**model.config.to_dict(), "architectures": [type(model).__name__]}
     torch.save(state, os.path.join(folder, f"{modules[0]}.ckpt"))
     lines = [
         "# Exported by speechbrain_cald.inference.export_inference_folder",
         f"interface: {interface}  # the speechbrain_cald.inference class that loads it",
         *model_lines,
-        f"    config: {json.dumps(model.config.to_dict())}",
+        f"    config: {json.dumps(config)}",
         *task_lines,
         "modules:",
         *[f"    {m}: !ref <{m}>" for m in modules],

@@ -30,29 +30,54 @@ def kd_loss(student_logits, teacher_logits, mask=None, temperature=2.0):
     return _masked_mean(kl, mask)
 
 
-def layerwise_distillation_loss(
-    student_hidden, teacher_hidden, mask=None, layers=None, layer_norm=True
-):
-    """Hidden-state MSE per distilled layer, averaged over layers.
+def distilled_layers(n_hidden, layers=None, skip_first=1, skip_last=0):
+    """{student index: teacher index} of the hidden states to distil.
 
-    `student_hidden` / `teacher_hidden`: sequences of (batch, time, d) tensors as in
-    HF `hidden_states` (index 0 = embedding output). `layers`: indices distilled on
-    both sides, or a {student_index: teacher_index} map; default every index but 0
-    (the speech/LM form; the NLP reference includes 0 with `layer_norm=False`). Each
-    layer: optional parameter-free LayerNorm over features, MSE averaged over
-    features, summed over valid frames / their count.
+    `n_hidden`: number of HF `hidden_states` (layers + 1; index 0 = embedding output).
+    `layers`: explicit indices distilled on both sides, or a {student: teacher} map;
+    None: indices skip_first .. n_hidden - 1 - skip_last. Speech (ref): skip_first 1
+    (no embedding output). NLP (ref): skip_first 0. LM (ref `distill_skip_last=1`):
+    skip_last 1, because HF's last hidden state of GPT-NeoX is the final-LayerNorm
+    output, not layer L's.
     """
     if layers is None:
-        layers = range(1, len(teacher_hidden))
-    pairs = layers.items() if isinstance(layers, Mapping) else ((i, i) for i in layers)
+        layers = range(skip_first, n_hidden - skip_last)
+    pairs = dict(layers) if isinstance(layers, Mapping) else {i: i for i in layers}
+    if not pairs:
+        raise ValueError(f"no layer to distil among {n_hidden} hidden states")
+    return pairs
+
+
+def layerwise_distillation_loss(
+    student_hidden,
+    teacher_hidden,
+    mask=None,
+    layers=None,
+    layer_norm=True,
+    skip_first=1,
+    skip_last=0,
+    reduction="mean",
+):
+    """Hidden-state MSE per distilled layer, averaged (or summed) over layers.
+
+    `student_hidden` / `teacher_hidden`: sequences of (batch, time, d) tensors as in
+    HF `hidden_states` (index 0 = embedding output); the layers are
+    `distilled_layers(len(teacher_hidden), layers, skip_first, skip_last)`. Each
+    layer: optional parameter-free LayerNorm over features, MSE averaged over
+    features, summed over valid frames / their count. `reduction` over layers: "mean"
+    (speech and LM reference) or "sum" (NLP reference, raw states, no LayerNorm).
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"ld reduction must be 'mean' or 'sum', not {reduction!r}")
     terms = []
-    for i, j in pairs:
+    for i, j in distilled_layers(len(teacher_hidden), layers, skip_first, skip_last).items():
         s, t = student_hidden[i].float(), teacher_hidden[j].float()
         if layer_norm:
             s = F.layer_norm(s, s.shape[-1:])
             t = F.layer_norm(t, t.shape[-1:])
         terms.append(_masked_mean(((s - t) ** 2).mean(-1), mask))
-    return torch.stack(terms).mean()
+    stacked = torch.stack(terms)
+    return stacked.sum() if reduction == "sum" else stacked.mean()
 
 
 @dataclass

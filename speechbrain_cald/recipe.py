@@ -26,15 +26,16 @@ import speechbrain as sb
 import torch
 import transformers
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.dataio import audio_io
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.dataio.sampler import DynamicBatchSampler, ReproducibleRandomSampler
 from speechbrain.utils.data_pipeline import DynamicItem
 
-from speechbrain_cald import dataprep, inference
-from speechbrain_cald.brain import CALDBrain, unwrapped
-from speechbrain_cald.dataprep import resample
+from speechbrain_cald import dataprep, inference, speech_input
+from speechbrain_cald.audio import read_audio
+from speechbrain_cald.brain import CALDBrain
+from speechbrain_cald.resumable import unwrapped
+from speechbrain_cald.tasks import SpeechTask
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
@@ -43,14 +44,27 @@ BASE_KEY = "base_hparams"  # a corpus YAML's base recipe YAML
 MERGED_HPARAMS_FILE = "hparams_merged.yaml"  # a based YAML merged, before overrides
 
 
-def prepare_pretrained(task, folder, hub=None, config=None, overrides=None, seed=0):
+def prepare_pretrained(
+    task,
+    folder,
+    hub=None,
+    config=None,
+    overrides=None,
+    seed=0,
+    feature_extractor=None,
+    sample_rate=None,
+):
     """Write the starting transformer (and initial heads) to `folder` unless there.
 
-    hub: HF hub id or local folder; None builds a random Wav2Vec2 from `config` (a
-    dict of Wav2Vec2Config fields: the tiny models of the tests). overrides: config
-    fields set either way (dropouts, time masking). A CTC task's vocabulary size and
-    blank (pad) index are set from the task. Every mode of a recipe starts from this
-    one folder, so their initial weights are identical.
+    hub: HF hub id or local folder; None builds a random model from `config` (a dict
+    of HF config fields with its `model_type`, default "wav2vec2": the tiny models of
+    the tests). overrides: config fields set either way (dropouts, time masking). A
+    CTC task's vocabulary size and blank (pad) index are set from the task. Speech
+    tasks record the model's input normalisation (`speech_input`): the checkpoint's
+    own feature extractor, or for a model built from a config the
+    Wav2Vec2FeatureExtractor options `feature_extractor` (default: normalised input);
+    `sample_rate` (the recipe's) must be the feature extractor's. Every mode of a
+    recipe starts from this one folder, so their initial weights are identical.
     """
     if os.path.isfile(os.path.join(folder, "config.json")):
         return folder
@@ -59,26 +73,34 @@ def prepare_pretrained(task, folder, hub=None, config=None, overrides=None, seed
         overrides.update(vocab_size=len(task.vocab), pad_token_id=task.blank_index)
     torch.manual_seed(seed)
     if hub is None:
-        hf_config = transformers.Wav2Vec2Config(**{**(config or {}), **overrides})
+        fields = {"model_type": "wav2vec2", **(config or {}), **overrides}
+        hf_config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
         model = task.auto_class.from_config(hf_config)
     else:
         model = task.auto_class.from_pretrained(hub, **overrides)
+    if isinstance(task, SpeechTask):
+        extractor = speech_input.feature_extractor_for(
+            hub if feature_extractor is None else None, feature_extractor
+        )
+        if sample_rate is not None and extractor.sampling_rate != sample_rate:
+            raise ValueError(
+                f"sample_rate {sample_rate} differs from the {hub or 'configured'} model's "
+                f"feature extractor ({extractor.sampling_rate} Hz); set sample_rate to it"
+            )
+        speech_input.attach_feature_extractor(model, extractor)
     task.save(folder, model, task.make_heads(model.config))
     logger.info("Starting transformer written to %s", folder)
     return folder
 
 
 def audio_pipeline(sample_rate=16000):
-    """Dynamic item `wav` -> `sig`: mono float32 at `sample_rate` (soundfile I/O)."""
+    """Dynamic item `wav` -> `sig`: mono float32 at `sample_rate`, read by
+    `speechbrain_cald.audio.read_audio` (as the inference interfaces read files)."""
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def read(wav):
-        signal, sr = audio_io.load(wav, channels_first=False, dtype=torch.float32)
-        signal = signal.mean(1)
-        if sr != sample_rate:
-            signal = torch.from_numpy(resample(signal.numpy(), sr, sample_rate))
-        return signal
+        return torch.from_numpy(read_audio(wav, sample_rate))
 
     return read
 
@@ -158,7 +180,8 @@ def load_datasets(
 
     items: dynamic items (functions or `add_dynamic_item` dicts). Label columns are
     renamed `<head>_label` so the encoded label can take the head's name. Training
-    utterances longer than `max_duration` seconds are dropped. Before that, every
+    utterances longer than `max_duration` seconds are dropped; dev and test are
+    sorted by duration (evaluation batches of similar lengths). Before that, every
     row is screened (`dataprep.load_manifest`): missing fields, unreadable / empty /
     shorter than `min_duration` audio, and the items' `row_check`s (characters
     outside the vocabulary, labels unseen in training); `bad_data` = "skip" drops
@@ -175,6 +198,8 @@ def load_datasets(
         dataset = DynamicItemDataset(data, items, output_keys)
         if split == "train" and max_duration:
             dataset = dataset.filtered_sorted(key_max_value={"duration": max_duration})
+        elif split != "train":  # evaluation batches of similar lengths: little padding
+            dataset = dataset.filtered_sorted(sort_key="duration")
         datasets[split] = dataset
     return datasets
 
@@ -397,6 +422,8 @@ def main(prepare, dataset_items, argv=None):
             "config": hparams["wav2vec2_config"],
             "overrides": hparams["wav2vec2_overrides"],
             "seed": hparams["seed"],
+            "feature_extractor": hparams.get("feature_extractor"),
+            "sample_rate": hparams["sample_rate"],
         },
     )
     manifests = {s: os.path.join(hparams["manifest_folder"], f"{s}.csv") for s in SPLITS}

@@ -17,7 +17,8 @@ import transformers
 from speechbrain.dataio.batch import PaddedData
 from speechbrain.utils.metric_stats import ErrorRateStats, MetricStats
 
-from speechbrain_cald import conversion
+from speechbrain_cald import conversion, speech_input
+from speechbrain_cald.masks import lengths_to_mask, masked_mean
 
 HEADS_FILE = "heads.pt"
 
@@ -39,12 +40,6 @@ class TaskOutputs:
     logits_mask: torch.Tensor = None
 
 
-def lengths_to_mask(rel_lens, max_len):
-    """(batch,) SpeechBrain relative lengths -> (batch, max_len) bool mask."""
-    abs_lens = torch.round(rel_lens * max_len).long()
-    return torch.arange(max_len, device=rel_lens.device) < abs_lens.unsqueeze(1)
-
-
 def _labels(batch, key):
     """A per-utterance label key as a (batch,) LongTensor (ints or padded tensors)."""
     value = getattr(batch, key)
@@ -62,8 +57,6 @@ class Task:
     """Base task: loading/saving and the shared speech / text forward passes."""
 
     auto_class = transformers.AutoModel
-    # Speech tasks: freeze the CNN feature encoder of every model loaded (ref).
-    freeze_feature_encoder = False
 
     def make_heads(self, config):
         """Trainable modules outside the HF model (None when the model has its head)."""
@@ -78,13 +71,15 @@ class Task:
             model = conversion.from_pretrained(folder)
         else:
             model = self.auto_class.from_pretrained(folder)
-        if self.freeze_feature_encoder:
-            model.freeze_feature_encoder()
+        self.prepare_loaded(model, folder)
         heads = self.make_heads(model.config)
         heads_path = os.path.join(folder, HEADS_FILE)
         if heads is not None and os.path.exists(heads_path):
             heads.load_state_dict(torch.load(heads_path, map_location="cpu", weights_only=True))
         return model, heads
+
+    def prepare_loaded(self, model, folder):
+        """Task-specific set-up of a model just loaded from `folder` (default: none)."""
 
     def save(self, folder, model, heads=None):
         """HF `save_pretrained` folder, heads beside it as `heads.pt`."""
@@ -113,17 +108,6 @@ class Task:
         raise NotImplementedError
 
     @staticmethod
-    def speech_forward(model, batch):
-        """HF speech model on ``batch.sig`` -> (HF output, valid-frame mask)."""
-        wavs, lens = batch.sig
-        sample_mask = lengths_to_mask(lens, wavs.shape[1])
-        out = model(wavs, attention_mask=sample_mask.long(), output_hidden_states=True)
-        n_frames = model._get_feat_extract_output_lengths(sample_mask.sum(1))
-        time = out.hidden_states[-1].shape[1]
-        mask = torch.arange(time, device=wavs.device) < n_frames.unsqueeze(1)
-        return out, mask
-
-    @staticmethod
     def text_forward(model, batch):
         """HF text model on ``batch.tokens`` -> (HF output, valid-token mask)."""
         ids, lens = batch.tokens
@@ -132,7 +116,31 @@ class Task:
         return out, mask
 
 
-class CTCASR(Task):
+class SpeechTask(Task):
+    """A task on raw waveforms: the model's input normalisation travels in its config
+    (`speech_input`), the CNN feature encoder is frozen when `freeze_feature_encoder`
+    (ref), and every forward pass goes through `speech_input.speech_model_forward`."""
+
+    freeze_feature_encoder = False
+
+    def prepare_loaded(self, model, folder):
+        speech_input.ensure_feature_extractor(model, folder)
+        if self.freeze_feature_encoder:
+            model.freeze_feature_encoder()
+
+    def save(self, folder, model, heads=None):
+        """As `Task.save`, plus the HF ``preprocessor_config.json`` of the model."""
+        super().save(folder, model, heads)
+        speech_input.feature_extractor_from_config(model.config).save_pretrained(folder)
+
+    @staticmethod
+    def speech_forward(model, batch):
+        """HF speech model on ``batch.sig`` -> (HF output, valid-frame mask)."""
+        wavs, lens = batch.sig
+        return speech_input.speech_model_forward(model, wavs, lens, output_hidden_states=True)
+
+
+class CTCASR(SpeechTask):
     """CTC speech recognition with an HF ``*ForCTC`` model, greedy decoding.
 
     Batch keys: ``id``, ``sig``, ``tokens`` (label ids, blank excluded), ``words``
@@ -187,7 +195,7 @@ class CTCASR(Task):
         return {name: stats.summarize("error_rate") for name, stats in metrics.items()}
 
 
-class UtteranceClassification(Task):
+class UtteranceClassification(SpeechTask):
     """Masked mean pooling of the last hidden state -> one linear head per label.
 
     `heads`: {batch key: number of classes}, e.g. {"scenario": 18, "action": 46} or
@@ -207,8 +215,7 @@ class UtteranceClassification(Task):
 
     def forward(self, model, batch, stage, heads=None):
         out, mask = self.speech_forward(model, batch)
-        weights = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
-        pooled = (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp(min=1)
+        pooled = masked_mean(out.last_hidden_state, mask, dim=1)
         logits = {k: head(pooled) for k, head in heads.items()}
         return TaskOutputs(logits, out.hidden_states, mask)
 

@@ -18,7 +18,6 @@ import speechbrain as sb
 import torch
 import transformers
 from speechbrain.dataio.dataset import DynamicItemDataset
-from speechbrain.utils import checkpoints
 
 from speechbrain_cald import recipe
 
@@ -54,41 +53,9 @@ def token_pipeline(tokenizer, columns, max_len):
     return encode
 
 
-@checkpoints.register_checkpoint_hooks
-class WarmupCosineLRSchedule:
-    """Linear warm-up over `n_warmup_steps`, then cosine decay to `lr * final_ratio`
-    at `total_steps`; called once per optimizer step (as the Brain's lr_scheduler)."""
-
-    def __init__(self, lr, n_warmup_steps, total_steps, final_ratio=0.1):
-        self.lr, self.n_warmup_steps, self.total_steps = lr, n_warmup_steps, total_steps
-        self.final_ratio = final_ratio
-        self.step = 0
-
-    def __call__(self, opt):
-        self.step += 1
-        if self.step <= self.n_warmup_steps:
-            lr = self.lr * self.step / max(self.n_warmup_steps, 1)
-        else:
-            span = max(self.total_steps - self.n_warmup_steps, 1)
-            progress = min((self.step - self.n_warmup_steps) / span, 1.0)
-            cosine = 0.5 * (1 + math.cos(math.pi * progress))
-            lr = self.lr * (self.final_ratio + (1 - self.final_ratio) * cosine)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        return lr
-
-    @checkpoints.mark_as_saver
-    def _save(self, path):
-        torch.save({"step": self.step}, path)
-
-    @checkpoints.mark_as_loader
-    def _load(self, path, end_of_epoch=False):
-        del end_of_epoch
-        self.step = torch.load(path, weights_only=True)["step"]
-
-
 def size_schedule(hparams, n_train):
-    """Size a `warmup_ratio` LR schedule (e.g. speechbrain's LinearWarmupScheduler)
+    """Size the `warmup_ratio` LR schedules (speechbrain's LinearWarmupScheduler: the
+    student's `lr_scheduler` and the trajectory teacher's `trajectory_lr_scheduler`)
     from the run length: training steps = epochs * batches per epoch
     (`eval_every_steps`, else the train set in `batch_size` batches), warm-up that
     fraction of them (reference: linear schedule, 6% warm-up, 10 epochs)."""
@@ -96,14 +63,18 @@ def size_schedule(hparams, n_train):
     if ratio is None:
         return
     per_epoch = hparams.get("eval_every_steps") or math.ceil(n_train / hparams["batch_size"])
-    scheduler = hparams["lr_scheduler"]
-    scheduler.num_training_steps = hparams["number_of_epochs"] * per_epoch
-    scheduler.num_warmup_steps = int(ratio * scheduler.num_training_steps)
-    logger.info(
-        "LR schedule: %d steps, %d warm-up",
-        scheduler.num_training_steps,
-        scheduler.num_warmup_steps,
-    )
+    for name in ("lr_scheduler", "trajectory_lr_scheduler"):
+        scheduler = hparams.get(name)
+        if scheduler is None:
+            continue
+        scheduler.num_training_steps = hparams["number_of_epochs"] * per_epoch
+        scheduler.num_warmup_steps = int(ratio * scheduler.num_training_steps)
+        logger.info(
+            "%s: %d steps, %d warm-up",
+            name,
+            scheduler.num_training_steps,
+            scheduler.num_warmup_steps,
+        )
 
 
 def main(prepare, dataset_items, argv=None):

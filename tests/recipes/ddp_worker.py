@@ -17,7 +17,8 @@ import sys
 
 import torch
 
-from speechbrain_cald.brain import CALDBrain, unwrapped
+from speechbrain_cald.brain import CALDBrain
+from speechbrain_cald.resumable import unwrapped
 
 AUDIT = os.environ["CALD_DDP_AUDIT"]
 RANK = int(os.environ["RANK"])

@@ -9,10 +9,10 @@ import soundfile
 import torch
 from transformers import BertConfig, BertModel, Wav2Vec2Config, Wav2Vec2ForCTC
 
+from speechbrain_cald import speech_input
 from speechbrain_cald.analysis import (
     audio_batches,
     feature_shift,
-    frame_mask_for,
     hidden_state_trajectories,
     load_model,
     main,
@@ -40,7 +40,8 @@ def tiny_wav2vec2():
         feat_extract_norm="layer",
         vocab_size=10,
     )
-    return Wav2Vec2ForCTC(config).eval()
+    model = Wav2Vec2ForCTC(config).eval()
+    return speech_input.attach_feature_extractor(model, speech_input.feature_extractor_for())
 
 
 def tiny_bert():
@@ -80,14 +81,15 @@ def padded(wavs, pad_value=None, extra=0):
     return {"input_values": values, "attention_mask": mask}
 
 
-def test_frame_mask_text_as_is_audio_downsampled():
-    text_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
-    assert torch.equal(frame_mask_for(tiny_bert(), text_mask), text_mask.bool())
+def test_speech_frame_mask_is_the_sample_mask_downsampled():
     model = tiny_wav2vec2()
-    mask = padded([torch.randn(400), torch.randn(200)])["attention_mask"]
+    batch = padded([torch.randn(400), torch.randn(200)])
+    rel_lens = batch["attention_mask"].sum(1) / 400
+    with torch.no_grad():
+        _, mask = speech_input.speech_model_forward(model, batch["input_values"], rel_lens)
     # (400 - 10) // 5 + 1 = 79 -> (79 - 3) // 2 + 1 = 39 frames; 200 samples -> 19.
     expected = torch.arange(39)[None, :] < torch.tensor([[39], [19]])
-    assert torch.equal(frame_mask_for(model, mask), expected)
+    assert torch.equal(mask, expected)
 
 
 def test_feature_shift_of_a_model_with_itself_is_zero():

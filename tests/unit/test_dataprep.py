@@ -140,6 +140,49 @@ def test_slurp_manifests(fixtures, tmp_path):
     assert json.loads(alarm["semantics"])["entities"][0]["type"] == "time"
 
 
+@pytest.mark.parametrize(
+    "moves",
+    [
+        # the SLURP repository with its download script's audio/ folder
+        {"slurp_real": "audio/slurp_real", "slurp_synth": "audio/slurp_synth"},
+        # the repository cloned into the data folder, audio beside it (the reference's)
+        {"dataset": "slurp/dataset"},
+    ],
+)
+def test_slurp_official_layouts_give_the_same_manifests(corpus, fixtures, tmp_path, moves):
+    flat = {
+        split: read_csv_manifest(path)
+        for split, path in slurp.prepare_slurp(
+            str(fixtures / ROOTS["slurp"]), str(tmp_path / "flat")
+        ).items()
+    }
+    root = corpus("slurp")
+    for old, new in moves.items():
+        (root / new).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(root / old, root / new)
+    paths = slurp.prepare_slurp(str(root), str(tmp_path / "moved"))
+    for split, path in paths.items():
+        rows = read_csv_manifest(path)
+        assert [r["ID"] for r in rows] == [r["ID"] for r in flat[split]]
+        assert all(os.path.isfile(r["wav"]) and str(root) in r["wav"] for r in rows)
+        for new in moves.values():
+            if "audio" in new and split == "dev":
+                assert all(os.sep + "audio" + os.sep in r["wav"] for r in rows)
+
+
+def test_slurp_recording_outside_the_audio_folder_is_an_error(corpus, tmp_path):
+    root = corpus("slurp")
+    path = root / "dataset" / "slurp" / "devel.jsonl"
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[0])
+    record["recordings"][0]["file"] = "../../etc/passwd"
+    path.write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    with pytest.raises(
+        DataPrepError, match=r"devel\.jsonl:1: recording file '\.\./\.\./etc/passwd'"
+    ):
+        slurp.prepare_slurp(str(root), str(tmp_path / "out"))
+
+
 def test_voxceleb1_manifests(fixtures, tmp_path):
     root = fixtures / ROOTS["voxceleb1"]
     paths = vox.prepare_voxceleb1(str(root), str(tmp_path / "vox"))

@@ -4,6 +4,9 @@ Each mode does what it claims (teacher identity per step, loss weights), checkpo
 resume exactly, and a layer mismatch fails at fit start with a clear error.
 """
 
+import copy
+import os
+
 import pytest
 import speechbrain as sb
 import torch
@@ -13,11 +16,14 @@ from speechbrain.nnet.schedulers import WarmAndExpDecayLRSchedule
 from speechbrain.utils.checkpoints import Checkpointer
 
 from speechbrain_cald import guidance as g
+from speechbrain_cald import speech_input
 from speechbrain_cald.brain import CALDBrain
 from speechbrain_cald.conversion import StudentConfig
 from speechbrain_cald.losses import CALDLossWeights
+from speechbrain_cald.schedulers import WarmupExpDecayHold
 from speechbrain_cald.tasks import CTCASR, CausalLM, SequenceClassification, UtteranceClassification
 
+RECIPES = os.path.join(os.path.dirname(__file__), "..", "..", "recipes")
 VOCAB = ["<blank>", "|", "a", "b", "c", "d", "e", "f"]
 GUIDED = CALDLossWeights(task=1.0, kd=1.0, ld=15.0)
 # d_state 7: in_proj width 2*16 + 2*7 + 2 = 48, a multiple of 8 (no mamba-ssm warning).
@@ -35,8 +41,11 @@ def tiny_config(layers=2):
 
 
 def save_model(folder, layers=2, seed=0, cls=transformers.Wav2Vec2ForCTC):
+    """A random tiny speech model folder with its input normalisation recorded."""
     torch.manual_seed(seed)
-    cls(tiny_config(layers)).save_pretrained(folder)
+    model = cls(tiny_config(layers))
+    speech_input.attach_feature_extractor(model, speech_input.feature_extractor_for())
+    model.save_pretrained(folder)
     return str(folder)
 
 
@@ -194,20 +203,27 @@ def test_waypoint_teacher_is_the_next_saved_checkpoint(folders, tmp_path):
     assert used == [2, 2, 4, 4, 4, 4]
 
 
-def test_hybrid_switches_off_ld_and_kd_and_keeps_the_optimizer(folders, tmp_path):
-    brain = make_brain(MODES["hybrid"](folders, tmp_path), tmp_path)
+@pytest.mark.parametrize("disable_kd", [False, True])
+def test_hybrid_switches_off_ld_and_kd_as_configured_and_keeps_the_optimizer(
+    folders, tmp_path, disable_kd
+):
+    guidance = g.Hybrid(MODES["trajectory"](folders, tmp_path), 4, disable_kd=disable_kd)
+    brain = make_brain(guidance, tmp_path)
     brain.on_fit_start()
     optimizer = brain.optimizer
     terms = []
     train(brain, make_batches(6), lambda b: terms.append(dict(b.step_terms)))
     assert all(t["ld"] > 0 and t["kd"] > 0 for t in terms[:4])
-    assert all(t["ld"] == 0 and t["kd"] == 0 for t in terms[4:])
-    # Trajectory updates (every 2 steps) at step 2 only: after step 4 no one reads the teacher.
-    assert brain.guidance.switched and brain.guidance.wrapped.updates == 1
+    assert all(t["ld"] == 0 for t in terms[4:])
+    assert all((t["kd"] == 0) == disable_kd for t in terms[4:])  # the reference keeps KD
+    # Trajectory updates every 2 steps: at steps 2 and 4 (the window making step 4 was
+    # still guided); with KD kept the teacher is still read, and updated, at step 6.
+    assert brain.guidance.switched and brain.guidance.wrapped.updates == (2 if disable_kd else 3)
     assert brain.optimizer is optimizer
     assert all(s["step"].item() == 6 for s in optimizer.state.values())
     assert brain.hparams.lr_scheduler.current_step == 6
-    assert brain.compute_forward(make_batches(1)[0], sb.Stage.TRAIN)[1] is None  # no teacher
+    teacher = brain.compute_forward(make_batches(1)[0], sb.Stage.TRAIN)[1]
+    assert (teacher is None) == disable_kd
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -352,3 +368,126 @@ def test_yaml_selects_task_and_mode(folders, tmp_path):
     train(brain, make_batches(1))
     assert isinstance(brain.guidance.wrapped, g.Trajectory)
     assert brain.step_terms["ld"] > 0 and "guidance" in brain.checkpointer.recoverables
+
+
+def test_trajectory_teacher_schedule_accumulation_and_clipping(folders, tmp_path):
+    """The teacher's update = -lr_t * clip(sum over the window's micro-batches of
+    grad(task loss) / accumulation), with lr_t from its own schedule (plain SGD makes
+    the update readable)."""
+    schedule = WarmupExpDecayHold(lr=0.5, n_warmup_steps=2, total_steps=3, decay_factor=0.1)
+    guidance = g.Trajectory(
+        folders["pretrained"],
+        lambda p: torch.optim.SGD(p, lr=123.0),  # the schedule sets the LR
+        1,
+        STUDENT,
+        GUIDED,
+        lr_scheduler=schedule,
+        max_grad_norm=1e-3,
+    )
+    brain = make_brain(guidance, tmp_path, run_opts={"grad_accumulation_factor": 2})
+    brain.on_fit_start()
+    task = CTCASR(VOCAB)
+    batches = make_batches(8)
+    for step in range(4):
+        window = batches[2 * step : 2 * step + 2]
+        before = [p.detach().clone() for p in guidance.model.parameters()]
+        reference = copy.deepcopy(guidance.model).train()
+        for batch in window:
+            loss = task.loss(task.forward(reference, batch, sb.Stage.TRAIN), batch) / 2
+            loss.backward()
+        grads = [p.grad for p in reference.parameters() if p.requires_grad]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        lr = [0.0, 0.25, 0.5, 0.05][step]  # warm-up 2, decay to 0.5 * 0.1 at 3, then held
+        train(brain, window)
+        assert guidance.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+        moved = [b - p.detach() for b, p in zip(before, guidance.model.parameters())]
+        expected = [lr * min(1.0, 1e-3 / norm) * p.grad for p in reference.parameters()]
+        for m, e in zip(moved, expected):
+            torch.testing.assert_close(m, e, rtol=1e-3, atol=2e-7)  # float32 params ~1
+    assert guidance.updates == 4 and schedule.current_step == 4
+
+
+def test_trajectory_schedule_is_checkpointed(folders, tmp_path):
+    def build(folder):
+        schedule = WarmupExpDecayHold(lr=0.1, n_warmup_steps=3, total_steps=10)
+        return g.Trajectory(
+            folders["pretrained"], torch.optim.SGD, 1, STUDENT, GUIDED, lr_scheduler=schedule
+        )
+
+    first = make_brain(build(tmp_path / "a"), tmp_path)
+    first.on_fit_start()
+    train(first, make_batches(2))
+    first.checkpointer.save_checkpoint()
+    resumed = make_brain(build(tmp_path / "b"), tmp_path)
+    resumed.on_fit_start()
+    assert resumed.guidance.lr_scheduler.current_step == 2
+    assert resumed.guidance.optimizer.state_dict() == first.guidance.optimizer.state_dict()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"hybrid_switch_step": 0}, "outside the run"),
+        ({"hybrid_switch_step": -1}, "outside the run"),
+        ({"hybrid_switch_step": 4}, "outside the run"),  # = max_steps: never switches
+        ({"hybrid_switch_step": 100}, "outside the run"),
+        ({"hybrid_switch_step": 2, "mode": "unguided"}, "needs a guided mode"),
+        ({"mode": "trajectory", "trajectory_update_every": 0}, "update_every must be >= 1"),
+    ],
+)
+def test_invalid_guidance_settings_raise(folders, kwargs, match):
+    args = {"mode": "target", "pretrained": folders["pretrained"], "max_steps": 4, **kwargs}
+    args.setdefault("teacher_folder", folders["finetuned"])
+    args.setdefault("trajectory_opt_class", torch.optim.SGD)
+    with pytest.raises(ValueError, match=match):
+        g.from_mode(**args)
+
+
+def test_speech_lr_schedule_is_held_at_its_floor():
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    schedule = WarmupExpDecayHold(lr=3e-4, n_warmup_steps=5, total_steps=80, decay_factor=0.005)
+    lrs = []
+    for _ in range(100):
+        schedule(opt)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == 0 and lrs[5] == pytest.approx(3e-4)
+    assert lrs[79] == pytest.approx(3e-4 * 0.005 ** (74 / 75))
+    assert lrs[80:] == [pytest.approx(1.5e-6)] * 20
+
+
+def test_lm_recipe_distils_layers_1_to_l_minus_1_not_the_final_norm_output():
+    """With the Pile YAML's settings, L_LD is the mean over hidden states 1..L-1 only:
+    HF's last GPT-NeoX hidden state is the final-LayerNorm output."""
+    import ruamel.yaml
+
+    from speechbrain_cald.losses import layerwise_distillation_loss
+
+    with open(os.path.join(RECIPES, "Pile/LM/hparams/pythia_mamba.yaml"), encoding="utf-8") as f:
+        yaml = ruamel.yaml.YAML(typ="rt").load(f)
+    keys = ("distill_skip_first", "distill_skip_last", "ld_layer_norm")
+    skip_first, skip_last, layer_norm = (yaml[k] for k in keys)
+    config = transformers.GPTNeoXConfig(
+        vocab_size=32, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+        intermediate_size=32,
+    )  # fmt: skip
+    teacher, student = (transformers.GPTNeoXForCausalLM(config).eval() for _ in range(2))
+    ids, mask = torch.randint(0, 32, (2, 6)), torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    captured = []
+    teacher.gpt_neox.layers[-1].register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.no_grad():
+        t = teacher(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        s = student(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        layer_out = captured[0][0] if isinstance(captured[0], tuple) else captured[0]
+        final = teacher.gpt_neox.final_layer_norm(layer_out)
+    assert len(t) == 4  # embeddings, layers 1 and 2, final norm of layer 3
+    torch.testing.assert_close(t[-1], final)
+    valid = mask.bool()
+    loss = layerwise_distillation_loss(s, t, valid, None, layer_norm, skip_first, skip_last)
+
+    def term(i):
+        a = torch.nn.functional.layer_norm(s[i], (16,))
+        b = torch.nn.functional.layer_norm(t[i], (16,))
+        return ((a - b) ** 2).mean(-1)[valid].mean()
+
+    assert loss.item() == pytest.approx(((term(1) + term(2)) / 2).item(), rel=1e-6)

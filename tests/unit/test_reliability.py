@@ -29,13 +29,13 @@ from test_guidance_brain import (
 
 from speechbrain_cald import brain as brain_module
 from speechbrain_cald import guidance as g
-from speechbrain_cald.brain import NonFiniteLossError, rng_state, set_rng_state
 from speechbrain_cald.checkpoints import (
     INTEGRITY_FILE,
     PARTIAL_PREFIX,
     AtomicCheckpointer,
     CheckpointIntegrityError,
 )
+from speechbrain_cald.resumable import NonFiniteLossError, rng_state, set_rng_state
 
 
 def make_checkpointer(folder):

@@ -1,10 +1,14 @@
 """Data preparation for SLURP intent classification.
 
-Reads the official layout (the SLURP repository with its audio extracted in it)
+Reads the SLURP repository (https://github.com/pswietojanski/slurp) with its audio
+as its download script leaves it (`scripts/download_audio.sh`: about 6 GB of
+16 kHz FLAC), or the same parts side by side:
 
     <data_folder>/dataset/slurp/{train,train_synthetic,devel,test}.jsonl
-    <data_folder>/slurp_real/<file>     (recordings of train, devel, test)
-    <data_folder>/slurp_synth/<file>    (recordings of train_synthetic)
+      (or <data_folder>/slurp/dataset/slurp/...: the repository cloned into it)
+    <data_folder>/audio/slurp_real/<file>   (recordings of train, devel, test)
+    <data_folder>/audio/slurp_synth/<file>  (recordings of train_synthetic)
+      (or <data_folder>/slurp_real/, <data_folder>/slurp_synth/)
 
 and writes one sample per recording: `train.csv` (train + train_synthetic),
 `dev.csv` (devel) and `test.csv`, with the columns
@@ -33,10 +37,14 @@ SPLITS = {
     "dev": [("devel", "slurp_real")],
     "test": [("test", "slurp_real")],
 }
-JSONL_DIR = os.path.join("dataset", "slurp")
+# Where each part may be, first match wins: the repository's own layout (audio from
+# its download script), the repository cloned into the data folder, everything flat.
+JSONL_DIRS = (os.path.join("dataset", "slurp"), os.path.join("slurp", "dataset", "slurp"))
+AUDIO_PARENTS = ("audio", "")
 LAYOUT = """  <data_folder>/dataset/slurp/{train,train_synthetic,devel,test}.jsonl
-  <data_folder>/slurp_real/   (audio of train, devel, test)
-  <data_folder>/slurp_synth/  (audio of train_synthetic)"""
+      (or <data_folder>/slurp/dataset/slurp/*.jsonl)
+  <data_folder>/audio/slurp_real/   (audio of train, devel, test; or <data_folder>/slurp_real/)
+  <data_folder>/audio/slurp_synth/  (audio of train_synthetic; or <data_folder>/slurp_synth/)"""
 REQUIRED_KEYS = ("slurp_id", "sentence", "scenario", "action", "recordings")
 _ENTITY = re.compile(r"\[\s*([^:\]]+?)\s*:\s*([^\]]*?)\s*\]")
 
@@ -76,6 +84,12 @@ def read_jsonl(path, audio_dir, sample_rate):
             }
         )
         for rec in recordings:
+            if os.path.basename(rec["file"]) != rec["file"] or rec["file"] in ("", ".", ".."):
+                raise file_error(
+                    path,
+                    f"recording file {rec['file']!r} is not a file name in {audio_dir}",
+                    number,
+                )
             wav = os.path.join(audio_dir, rec["file"])
             duration, _, _ = audio_info(wav, expected_sr=sample_rate)
             rows.append(
@@ -93,15 +107,38 @@ def read_jsonl(path, audio_dir, sample_rate):
     return rows
 
 
+def find_layout(data_folder):
+    """(jsonl folder, {audio folder name: path}) of a SLURP data folder, relative to it:
+    the first of `JSONL_DIRS` holding every jsonl, and for each audio folder the first
+    of `AUDIO_PARENTS` holding it (None where nothing matches)."""
+    names = [f"{j}.jsonl" for sources in SPLITS.values() for j, _ in sources]
+    jsonl_dir = next(
+        (
+            d
+            for d in JSONL_DIRS
+            if all(os.path.isfile(os.path.join(data_folder, d, n)) for n in names)
+        ),
+        None,
+    )
+    audio = {}
+    for _, folder in {s for sources in SPLITS.values() for s in sources}:
+        found = [os.path.join(p, folder) for p in AUDIO_PARENTS]
+        audio[folder] = next(
+            (f for f in found if os.path.isdir(os.path.join(data_folder, f))), None
+        )
+    return jsonl_dir, audio
+
+
 def read_splits(data_folder, sample_rate):
     """`{split: rows}` of the corpus (the `prepare_splits` build step)."""
+    jsonl_dir, audio = find_layout(data_folder)
     return {
         split: [
             row
-            for jsonl, audio in sources
+            for jsonl, folder in sources
             for row in read_jsonl(
-                os.path.join(data_folder, JSONL_DIR, f"{jsonl}.jsonl"),
-                os.path.join(data_folder, audio),
+                os.path.join(data_folder, jsonl_dir, f"{jsonl}.jsonl"),
+                os.path.join(data_folder, audio[folder]),
                 sample_rate,
             )
         ]
@@ -111,12 +148,14 @@ def read_splits(data_folder, sample_rate):
 
 def prepare_slurp(data_folder, save_folder, skip_prep=False, sample_rate=16000):
     """Prepare SLURP manifests `train.csv` (real + synthetic), `dev.csv`, `test.csv`
-    in `save_folder` from the SLURP root `data_folder` (holding `dataset/slurp/`,
-    `slurp_real/`, `slurp_synth/`); every recording must be at `sample_rate`.
-    Nothing is done with `skip_prep`. Returns `{split: manifest path}`.
+    in `save_folder` from the SLURP root `data_folder` (see the module docstring for
+    the layouts read); every recording must be at `sample_rate`. Nothing is done
+    with `skip_prep`. Returns `{split: manifest path}`.
     """
-    jsonls = [os.path.join(JSONL_DIR, f"{j}.jsonl") for v in SPLITS.values() for j, _ in v]
-    required = jsonls + ["slurp_real", "slurp_synth"]
+    jsonl_dir, audio = find_layout(data_folder)
+    names = [f"{j}.jsonl" for v in SPLITS.values() for j, _ in v]
+    required = [os.path.join(jsonl_dir or JSONL_DIRS[0], n) for n in names]
+    required += [path or name for name, path in audio.items()]
     return prepare_splits(
         "SLURP", data_folder, save_folder, read_splits, required, LAYOUT, skip_prep, sample_rate
     )

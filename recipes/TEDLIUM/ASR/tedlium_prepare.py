@@ -104,7 +104,7 @@ def _cut_talk(sph, stm, talk, out_dir, sample_rate, min_duration):
     segments = parse_stm(stm)
     if not segments:
         return []
-    signal, sr = read_audio(sph, target_sr=sample_rate)
+    signal, sr = read_audio(sph, sample_rate), sample_rate
     total = len(signal) / sr
     rows = []
     for seg in segments:

@@ -1,0 +1,145 @@
+"""The wav2vec2-style CNN feature encoder, padding-exact and in exact chunks.
+
+HF's feature encoder (Wav2Vec2, HuBERT, WavLM, Data2Vec-Audio) takes no mask. With
+``feat_extract_norm="layer"`` every frame is normalised on its own, so a padded
+utterance already gives its own frames. With ``"group"`` (wav2vec2-base, HuBERT-base)
+the first conv layer's GroupNorm takes per-channel statistics over time, padding
+included: `exact_feature_encoder` makes them each utterance's statistics over its
+valid frames only. The same mechanism runs the CNN in chunks for long inputs: the
+GroupNorm is applied with per-utterance statistics that come either from the whole
+first-layer output (one piece) or, when chunking, from the first and second moments
+of the conv's input windows (`first_layer_statistics`, float64, no whole-waveform
+conv). Either way a padded utterance, whole or chunked, gives the frames it gives
+alone.
+"""
+
+from contextlib import contextmanager
+
+import torch
+from tqdm import tqdm
+
+from speechbrain_cald.masks import counts_to_mask
+
+# Default CNN chunk: 3000 frames = 60 s at 16 kHz with the wav2vec2 stride of 320.
+CHUNK_FRAMES = 3000
+
+
+def feature_encoder_geometry(config):
+    """(receptive field, total stride) of the CNN feature encoder, in samples."""
+    field, stride = 1, 1
+    for kernel, step in zip(config.conv_kernel, config.conv_stride):
+        field += (kernel - 1) * stride
+        stride *= step
+    return field, stride
+
+
+def _conv_frames(n_samples, kernel, step):
+    """Output frames of a conv layer (no padding) over `n_samples` inputs (tensor)."""
+    return torch.div(n_samples - kernel, step, rounding_mode="floor").clamp(min=-1) + 1
+
+
+def first_layer_statistics(conv, wavs, n_valid, per_chunk):
+    """Per (utterance, channel) mean and (biased) variance over the valid frames of
+    the first conv layer `conv` (one input channel) on `wavs` `(batch, samples)`, as
+    GroupNorm(channels, channels) computes them on an utterance alone, without running
+    the conv: with x_t the `kernel` samples frame t reads, out_t = W x_t + b, so the
+    mean is W m + b and the mean square diag(W R W^T) + 2 b (W m) + b^2, where m and R
+    are the mean and the (kernel x kernel) second moment of the valid windows x_t
+    (frames t < `n_valid`, `(batch,)`), summed in float64 over pieces of `per_chunk`
+    frames. Returns two `(batch, channels, 1)` float64 tensors."""
+    if conv.in_channels != 1 or conv.groups != 1:
+        raise ValueError(f"expected a one-channel first conv layer, got {conv}")
+    kernel, step = conv.kernel_size[0], conv.stride[0]
+    windows = wavs.unfold(-1, kernel, step)  # (batch, frames, kernel), a view
+    n_out = windows.shape[1]
+    valid = counts_to_mask(n_valid, n_out).double().unsqueeze(-1)  # (batch, frames, 1)
+    window_sum = wavs.new_zeros(wavs.shape[0], kernel, dtype=torch.float64)
+    second = wavs.new_zeros(wavs.shape[0], kernel, kernel, dtype=torch.float64)
+    for start in range(0, n_out, per_chunk):
+        piece = windows[:, start : start + per_chunk].double() * valid[:, start : start + per_chunk]
+        window_sum += piece.sum(1)
+        second += piece.transpose(1, 2) @ piece
+    count = n_valid.clamp(min=1).double()[:, None]
+    weight = conv.weight.detach().double()[:, 0]  # (channels, kernel)
+    bias = 0.0 if conv.bias is None else conv.bias.detach().double()
+    projected = (window_sum / count) @ weight.T  # (batch, channels): W m
+    mean = projected + bias
+    mean_square = torch.einsum("ck,bkl,cl->bc", weight, second / count[..., None], weight)
+    mean_square = mean_square + 2 * bias * projected + bias * bias
+    var = (mean_square - mean.square()).clamp_min(0.0)
+    return mean[..., None], var[..., None]
+
+
+def _masked_group_norm(group_norm, h, n_valid):
+    """GroupNorm(C, C) of h `(batch, C, time)` with each utterance's statistics over
+    its first `n_valid` frames (differentiable, as GroupNorm on the valid part)."""
+    valid = counts_to_mask(n_valid, h.shape[-1]).unsqueeze(1).to(h.dtype)  # (batch, 1, T)
+    count = n_valid.clamp(min=1).to(h.dtype)[:, None, None]
+    mean = (h * valid).sum(-1, keepdim=True) / count
+    centred = h - mean
+    var = (centred.square() * valid).sum(-1, keepdim=True) / count
+    scale = torch.rsqrt(var + group_norm.eps) * group_norm.weight[:, None]
+    return torch.addcmul(group_norm.bias[:, None], centred, scale)
+
+
+@contextmanager
+def exact_feature_encoder(model, sample_lengths=None, chunk_frames=None, progress=False):
+    """Within the block, `model`'s CNN feature encoder treats each utterance of a
+    right-padded batch as if it were alone: sample_lengths `(batch,)` holds the
+    number of valid samples of each row (None: no padding). With `chunk_frames`, the
+    CNN runs in chunks of that many output frames (with a tqdm bar over them if
+    `progress`), so its memory stays that of one chunk whatever the length.
+
+    Chunk c covers output frames [c*n, (c+1)*n) and reads exactly their input
+    samples: it starts at a multiple of the total stride and overlaps the next chunk
+    by (receptive field - stride) samples, so no frame is dropped or recomputed and
+    each equals the whole-waveform frame up to float rounding.
+    """
+    config = model.config
+    if config.feat_extract_norm not in ("layer", "group"):
+        raise ValueError(f"unknown feat_extract_norm {config.feat_extract_norm!r}")
+    encoder = model.base_model.feature_extractor
+    group_norm = encoder.conv_layers[0].layer_norm if config.feat_extract_norm == "group" else None
+    if group_norm is not None and group_norm.num_groups != group_norm.num_channels:
+        raise ValueError(f"expected one GroupNorm group per channel, got {group_norm}")
+    if chunk_frames is None and (group_norm is None or sample_lengths is None):
+        yield  # nothing differs from HF's own forward
+        return
+    field, stride = feature_encoder_geometry(config)
+    conv = encoder.conv_layers[0].conv
+    whole = encoder.forward
+
+    def forward(wavs):
+        lengths = sample_lengths
+        if lengths is None:
+            lengths = torch.full((wavs.shape[0],), wavs.shape[-1], device=wavs.device)
+        n_valid = _conv_frames(lengths.to(wavs.device).long(), conv.kernel_size[0], conv.stride[0])
+        n_frames = max((wavs.shape[-1] - field) // stride + 1, 1)
+        starts = range(0, n_frames, chunk_frames or n_frames)
+        several = len(starts) > 1
+        if group_norm is not None and several:
+            per_chunk = chunk_frames * stride // conv.stride[0]
+            mean, var = first_layer_statistics(conv, wavs, n_valid, per_chunk)
+            weight, bias = group_norm.weight.double()[:, None], group_norm.bias.double()[:, None]
+            scale = torch.rsqrt(var + group_norm.eps) * weight  # (batch, channels, 1)
+            shift = (bias - mean * scale).to(group_norm.weight.dtype)
+            scale = scale.to(group_norm.weight.dtype)
+            group_norm.forward = lambda h: torch.addcmul(shift, h, scale)
+        elif group_norm is not None:
+            group_norm.forward = lambda h: _masked_group_norm(group_norm, h, n_valid)
+        pieces = []
+        try:
+            for start in tqdm(starts, desc="CNN features", disable=not progress):
+                end = min(start + (chunk_frames or n_frames), n_frames)
+                piece = wavs[..., start * stride : (end - 1) * stride + field] if several else wavs
+                pieces.append(whole(piece))
+        finally:
+            if group_norm is not None:
+                del group_norm.forward
+        return torch.cat(pieces, dim=-1) if several else pieces[0]
+
+    encoder.forward = forward
+    try:
+        yield
+    finally:
+        del encoder.forward

@@ -1,0 +1,119 @@
+"""From a padded waveform batch to a speech model's outputs: the one speech input path.
+
+Files become waveforms in `speechbrain_cald.audio`; this module does the rest, the
+same way in training (`tasks`), inference (`inference.SpeechEncoder`) and analysis:
+
+1. the source model's own input normalisation, read from its HF feature extractor
+   config (``preprocessor_config.json``; wav2vec2's ``do_normalize``: per-utterance
+   zero mean, unit variance over the valid samples, padding 0). It is recorded in the
+   model's config under `FEATURE_EXTRACTOR_KEY` when the starting model is prepared,
+   so it travels with the weights into students, exports and inference folders;
+2. the CNN feature encoder made padding-exact (and chunked on request) by
+   `feature_encoder.exact_feature_encoder`;
+3. the model call with the sample mask, and the valid-frame mask of its outputs.
+"""
+
+import transformers
+
+from speechbrain_cald.feature_encoder import exact_feature_encoder
+from speechbrain_cald.masks import counts_to_mask, lengths_to_mask
+
+FEATURE_EXTRACTOR_KEY = "cald_feature_extractor"
+# What wav2vec2-style checkpoints expect (facebook/wav2vec2-base, -large-lv60):
+# models built from a config (tests, pretraining from scratch) get it unless the
+# YAML says otherwise (`feature_extractor` options).
+DEFAULT_FEATURE_EXTRACTOR = {"do_normalize": True, "return_attention_mask": True}
+
+
+def feature_extractor_for(source=None, options=None):
+    """The HF feature extractor of a hub id / folder (its ``preprocessor_config.json``),
+    or for a model built from a config (`source` None) a Wav2Vec2FeatureExtractor
+    from `options` (default `DEFAULT_FEATURE_EXTRACTOR`)."""
+    if source is None:
+        return transformers.Wav2Vec2FeatureExtractor(**(options or DEFAULT_FEATURE_EXTRACTOR))
+    try:
+        return transformers.AutoFeatureExtractor.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{source}: no feature extractor (preprocessor_config.json) to read the "
+            "model's input normalisation from; give its options in the YAML "
+            "(feature_extractor: {do_normalize: true, ...})"
+        ) from err
+
+
+def attach_feature_extractor(model, feature_extractor):
+    """Record `feature_extractor`'s settings in `model.config` (saved in config.json)."""
+    setattr(model.config, FEATURE_EXTRACTOR_KEY, feature_extractor.to_dict())
+    return model
+
+
+def feature_extractor_from_config(config):
+    """The HF feature extractor recorded in a model config (`attach_feature_extractor`)."""
+    settings = getattr(config, FEATURE_EXTRACTOR_KEY, None)
+    if settings is None:
+        raise ValueError(
+            f"the {config.model_type} config records no input normalisation "
+            f"({FEATURE_EXTRACTOR_KEY!r}); prepare the model with "
+            "speechbrain_cald.recipe.prepare_pretrained or load it with a speech Task"
+        )
+    settings = dict(settings)
+    cls = getattr(transformers, settings.pop("feature_extractor_type"))
+    return cls(**{k: v for k, v in settings.items() if k != "processor_class"})
+
+
+def ensure_feature_extractor(model, folder):
+    """Make sure `model` (loaded from `folder`) records its input normalisation:
+    from its config, else from the folder's ``preprocessor_config.json``; a clear
+    error naming the folder otherwise (never a silent guess)."""
+    if getattr(model.config, FEATURE_EXTRACTOR_KEY, None) is not None:
+        return model
+    try:
+        extractor = transformers.AutoFeatureExtractor.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{folder}: no preprocessor_config.json and no {FEATURE_EXTRACTOR_KEY!r} in "
+            "config.json, so the model's input normalisation is unknown; save the "
+            "checkpoint's feature extractor there (feature_extractor.save_pretrained)"
+        ) from err
+    return attach_feature_extractor(model, extractor)
+
+
+def normalize_waveforms(wavs, lengths, eps=1e-7):
+    """HF `Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm` on a padded batch:
+    each row `(batch, samples)` minus its mean, over sqrt(variance + eps), both over
+    its first `lengths[b]` samples (float64 statistics); padding set to 0."""
+    valid = counts_to_mask(lengths, wavs.shape[1])
+    count = lengths.clamp(min=1).double()[:, None]
+    values = wavs.double().where(valid, 0.0)
+    mean = values.sum(1, keepdim=True) / count
+    var = (values - mean).where(valid, 0.0).square().sum(1, keepdim=True) / count
+    return ((values - mean) / (var + eps).sqrt()).where(valid, 0.0).to(wavs.dtype)
+
+
+def model_inputs(config, wavs, lengths):
+    """The input values the model expects for raw waveforms `(batch, samples)` with
+    `lengths` valid samples per row, per its recorded feature extractor."""
+    extractor = feature_extractor_from_config(config)
+    if not isinstance(extractor, transformers.Wav2Vec2FeatureExtractor):
+        raise ValueError(f"unsupported speech feature extractor {type(extractor).__name__}")
+    return normalize_waveforms(wavs, lengths) if extractor.do_normalize else wavs
+
+
+def speech_model_forward(model, wavs, rel_lens, chunk_frames=None, progress=False, **kwargs):
+    """Run an HF speech model (transformer or CALD student) on raw waveforms.
+
+    wavs `(batch, samples)` right-padded, rel_lens `(batch,)` SpeechBrain relative
+    lengths. The input is normalised as the model's feature extractor does, the CNN
+    runs padding-exact (in chunks of `chunk_frames` frames if set), and `kwargs` go
+    to the model (e.g. ``output_hidden_states=True``). Returns (HF output, valid-frame
+    mask `(batch, frames)` of its hidden states).
+    """
+    sample_mask = lengths_to_mask(rel_lens, wavs.shape[1])
+    lengths = sample_mask.sum(1)
+    inputs = model_inputs(model.config, wavs, lengths)
+    with exact_feature_encoder(model, lengths, chunk_frames, progress):
+        out = model(inputs, attention_mask=sample_mask.long(), **kwargs)
+    n_frames = model._get_feat_extract_output_lengths(lengths)
+    hidden = out.hidden_states[-1] if kwargs.get("output_hidden_states") else out[0]
+    time = hidden.shape[1]
+    return out, counts_to_mask(n_frames, time)
