@@ -15,7 +15,7 @@ Not a test. One run measures, on this machine, and prints (and writes as CSV + P
    (mixing + FFN) and for the whole model, and the length where the student starts to
    win (interpolated between measured lengths). Both models compute their CNN features
    as the inference interface does, in exact chunks of --cnn-chunk frames
-   (`speechbrain_cald.feature_encoder.exact_feature_encoder`; 0 for the whole waveform at once).
+   (`speechbrain_cald.speech_input.speech_model_forward`; 0 for the whole waveform at once).
 2. One training step on the same batch (`CALDBrain.fit_batch`, CTC, AdamW, CNN frozen
    as in the recipes): teacher fine-tuning (guidance.Std), plain student fine-tuning
    (guidance.Unguided) and the CALD target-guided step (guidance.Target: frozen teacher
@@ -50,9 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_bimamba2  # noqa: E402  (sibling script: the SSD backend measurement)
 import machine  # noqa: E402  (sibling module: the machine line)
 
+from speechbrain_cald import speech_input  # noqa: E402
 from speechbrain_cald.conversion import StudentConfig, convert_to_student  # noqa: E402
-from speechbrain_cald.feature_encoder import CHUNK_FRAMES, exact_feature_encoder  # noqa: E402
+from speechbrain_cald.feature_encoder import CHUNK_FRAMES  # noqa: E402
 from speechbrain_cald.lobes.mamba2 import Mamba2Config  # noqa: E402
+from speechbrain_cald.speech_input import speech_model_forward  # noqa: E402
 
 SAMPLE_RATE = 16000
 DEFAULT_SECONDS = [10, 60, 120]
@@ -91,6 +93,7 @@ def build(kind: str, large: bool) -> torch.nn.Module:
     """Random-weight Wav2Vec2Model ("teacher") or its converted student, in eval mode."""
     torch.manual_seed(0)
     model = Wav2Vec2Model(wav2vec2_config(large)).eval()
+    speech_input.attach_feature_extractor(model, speech_input.feature_extractor_for())
     if kind == "student":
         model = convert_to_student(model)[0].eval()
     return model
@@ -186,16 +189,20 @@ def infer_child(kind: str, seconds: float, args: argparse.Namespace) -> dict:
     )
     wav = torch.randn(1, int(seconds * SAMPLE_RATE))
     cnn_chunk = args.cnn_chunk or None  # both models: the CNN as the inference interface runs it
-    with torch.no_grad(), exact_feature_encoder(model, chunk_frames=cnn_chunk):
-        model(torch.randn(1, SAMPLE_RATE))
+
+    def encode(wav):  # the inference interfaces' path: input normalisation, exact CNN
+        return speech_model_forward(model, wav, torch.ones(1), cnn_chunk)
+
+    with torch.no_grad():
+        encode(torch.randn(1, SAMPLE_RATE))
         peak_mib = machine.start_peak_rss()  # (building the student freed a teacher copy)
-        model(wav)  # the measured peak; also the full-length warm-up
+        encode(wav)  # the measured peak; also the full-length warm-up
         peak = peak_mib()
         runs = []
         for _ in range(repeats):
             timer.reset()
             start = time.perf_counter()
-            model(wav)
+            encode(wav)
             total = time.perf_counter() - start
             split = dict(timer.seconds)
             split["other"] = total - sum(split.values())
@@ -331,7 +338,9 @@ def training_section(args) -> list[dict]:
     transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        Wav2Vec2ForCTC(wav2vec2_config(args.large)).save_pretrained(tmp)
+        model = Wav2Vec2ForCTC(wav2vec2_config(args.large))
+        speech_input.attach_feature_extractor(model, speech_input.feature_extractor_for())
+        model.save_pretrained(tmp)
         modes = {
             "teacher fine-tuning (std)": g.Std(tmp),
             "student fine-tuning (unguided)": g.Unguided(tmp, StudentConfig()),

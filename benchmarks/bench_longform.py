@@ -5,7 +5,7 @@ a fresh subprocess builds the model, runs one forward pass without gradients and
 reports its wall time and the growth of the process's peak resident set
 (ru_maxrss) over its value after building the model and a 1 s warm-up. The student
 (wav2vec2 with BiMamba2 mixers) computes its CNN features in exact chunks
-(`speechbrain_cald.feature_encoder.exact_feature_encoder`) and runs the encoder on the
+(`speechbrain_cald.speech_input.speech_model_forward`) and runs the encoder on the
 whole sequence in one pass; the teacher (the same wav2vec2 with SDPA attention)
 runs as usual. The teacher's lengths stop at its first failure (out of memory,
 --time-limit or --mem-limit).
@@ -33,8 +33,9 @@ import time
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
+from speechbrain_cald import speech_input
 from speechbrain_cald.conversion import convert_to_student
-from speechbrain_cald.feature_encoder import CHUNK_FRAMES, exact_feature_encoder
+from speechbrain_cald.feature_encoder import CHUNK_FRAMES
 
 SAMPLE_RATE = 16000
 TINY = dict(
@@ -62,6 +63,7 @@ def build(kind, size):
     """Random-weight wav2vec2 (feat_extract_norm "layer") or its BiMamba2 student."""
     fields, mixer = SIZES[size]
     model = Wav2Vec2Model(Wav2Vec2Config(feat_extract_norm="layer", **fields)).eval()
+    speech_input.attach_feature_extractor(model, speech_input.feature_extractor_for())
     if kind == "student":
         model, _ = convert_to_student(model, {"mixer_config": mixer})
     return model.eval()
@@ -72,12 +74,15 @@ def child(kind, minutes, size, threads):
     torch.set_num_threads(threads)
     model = build(kind, size)
     chunk = CHUNK_FRAMES if kind == "student" else None
-    with torch.no_grad(), exact_feature_encoder(model, chunk_frames=chunk):
-        model(torch.randn(1, SAMPLE_RATE))
+    def encode(wav):  # the inference interfaces' path: input normalisation, exact CNN
+        return speech_input.speech_model_forward(model, wav, torch.ones(1), chunk)[0]
+
+    with torch.no_grad():
+        encode(torch.randn(1, SAMPLE_RATE))
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         wav = torch.randn(1, int(minutes * 60 * SAMPLE_RATE))
         start, start_cpu = time.perf_counter(), time.process_time()
-        frames = model(wav).last_hidden_state.shape[1]
+        frames = encode(wav).last_hidden_state.shape[1]
         seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = {"frames": frames, "seconds": seconds, "cpu_s": cpu, "peak_mib": (peak - base) / 1024}
