@@ -19,7 +19,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["speechbrain_cald", "speechbrain_cald.lobes"],
+    packages=[
+        "speechbrain_cald",
+        "speechbrain_cald.conversion",
+        "speechbrain_cald.conversion.families",
+        "speechbrain_cald.guidance",
+        "speechbrain_cald.lobes",
+    ],
     package_dir={"speechbrain_cald": "speechbrain_cald", "speechbrain_cald.lobes": "lobes"},
     install_requires=[
         "torch>=2.4",
@@ -29,6 +35,7 @@ setup(
         "hyperpyyaml",
         "sentencepiece",
         "soundfile",
+        "scipy",  # the one resampler (speechbrain_cald.audio)
         "numpy",
         "safetensors",
         "matplotlib",

@@ -19,8 +19,11 @@ import speechbrain as sb
 from speechbrain.utils.checkpoints import register_checkpoint_hooks
 from speechbrain.utils.distributed import main_process_only
 
-from speechbrain_cald.conversion import check_layer_compatibility
-from speechbrain_cald.losses import kd_loss, layerwise_distillation_loss
+from speechbrain_cald.losses import (
+    check_layer_compatibility,
+    kd_loss,
+    layerwise_distillation_loss,
+)
 from speechbrain_cald.resumable import ResumableBrain, unwrapped
 
 logger = logging.getLogger(__name__)

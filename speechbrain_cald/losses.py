@@ -3,11 +3,13 @@
 Every term is masked: padded frames / tokens never contribute, whatever they hold.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
 
 
 def _masked_mean(per_item, mask):
@@ -103,3 +105,59 @@ class CALDLossWeights:
         ld = zero if ld is None else ld
         total = self.task * task + self.kd * kd + self.ld * ld
         return {"task": task, "kd": kd, "ld": ld, "total": total}
+
+
+def _hf_config(model: nn.Module) -> PretrainedConfig:
+    """The HF config of `model`, looking through DDP / DataParallel `.module` wrappers."""
+    while not isinstance(getattr(model, "config", None), PretrainedConfig):
+        if not isinstance(getattr(model, "module", None), nn.Module):
+            raise TypeError(f"{type(model).__name__} is not an HF model (no PretrainedConfig)")
+        model = model.module
+    return model.config
+
+
+def check_layer_compatibility(
+    teacher: PreTrainedModel,
+    student: PreTrainedModel,
+    distill_layers: Sequence[int] | Mapping[int, int] | None = None,
+) -> list[tuple[int, int]]:
+    """Check that `student` can distil from `teacher` layer by layer.
+
+    Args:
+        teacher, student: HF models (`config.num_hidden_layers`, `config.hidden_size`),
+            possibly inside DDP / DataParallel.
+        distill_layers: hidden-state indices (0 = embedding output, i = after layer i)
+            used on both sides, or a `{student_index: teacher_index}` map; None = every
+            layer 1..num_layers.
+
+    Returns:
+        The (student_index, teacher_index) pairs.
+
+    Raises:
+        ValueError naming each mismatch: hidden size, layer count (when indices are
+        shared), or layer map entries out of range.
+    """
+    student_config, teacher_config = _hf_config(student), _hf_config(teacher)
+    n_student, n_teacher = student_config.num_hidden_layers, teacher_config.num_hidden_layers
+    d_student, d_teacher = student_config.hidden_size, teacher_config.hidden_size
+    problems = []
+    if d_student != d_teacher:
+        problems.append(f"hidden size: student {d_student} vs teacher {d_teacher}")
+    if isinstance(distill_layers, Mapping):
+        pairs = [(int(s), int(t)) for s, t in distill_layers.items()]
+    else:
+        if n_student != n_teacher:
+            problems.append(
+                f"layer count: student {n_student} vs teacher {n_teacher} "
+                "(give distill_layers as a {student_index: teacher_index} map)"
+            )
+        indices = range(1, n_student + 1) if distill_layers is None else distill_layers
+        pairs = [(int(i), int(i)) for i in indices]
+    bad = [(s, t) for s, t in pairs if not (0 <= s <= n_student and 0 <= t <= n_teacher)]
+    if bad:
+        problems.append(
+            f"layer map: {bad} out of range (student 0..{n_student}, teacher 0..{n_teacher})"
+        )
+    if problems:
+        raise ValueError("teacher and student are not layer-compatible: " + "; ".join(problems))
+    return pairs

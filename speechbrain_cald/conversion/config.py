@@ -1,0 +1,102 @@
+"""What a conversion is asked to do (`StudentConfig`) and what it did (`ConversionReport`)."""
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from speechbrain_cald.conversion.registry import MIXERS
+
+INITS = ("random", "attention")
+
+
+@dataclass
+class StudentConfig:
+    """What the student is made of.
+
+    Attributes:
+        mixer: "auto" (the family's first mixer: wav2vec2 -> bimamba2, BERT family ->
+            linformer, gpt_neox -> mamba) or a registered mixer (`registry.MIXERS`:
+            "bimamba2", "linformer", "mamba", "mamba2", ...).
+        mixer_config: overrides of the lobe config (Mamba2Config, LinformerConfig,
+            MambaConfig, ...) except the sizes taken from the model.
+        init: "random" or "attention" (mixers with an attention init, e.g. bimamba2:
+            V -> x, K -> B, Q -> C, O -> out_proj, shape-exact with ngroups = heads,
+            d_state = headdim = head size). Linformer always keeps the teacher's Q/K/V,
+            whatever `init` says.
+    """
+
+    mixer: str = "auto"
+    mixer_config: dict = field(default_factory=dict)
+    init: str = "random"
+
+    def __post_init__(self):
+        if self.mixer != "auto" and self.mixer not in MIXERS:
+            choices = ("auto", *MIXERS)
+            raise ValueError(f"StudentConfig.mixer must be one of {choices}, got {self.mixer!r}")
+        if self.init not in INITS:
+            raise ValueError(f"StudentConfig.init must be one of {INITS}, got {self.init!r}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (tuples become lists, as they would through config.json)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "StudentConfig":
+        """Inverse of `to_dict`; unknown keys are an error."""
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown StudentConfig keys: {sorted(unknown)}")
+        return cls(**{**data, "mixer_config": dict(data.get("mixer_config", {}))})
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did, by parameter name (aliases of shared tensors listed each).
+
+    Attributes:
+        architecture: HF class name of the converted model.
+        family, mixer, init: the resolved conversion.
+        replaced: teacher parameters removed with the attention modules.
+        kept: teacher parameters present in the student with identical values.
+        new: student parameters that the teacher did not have (freshly initialised).
+        from_attention: the subset of `new` whose values (or some rows of them) come from
+            the teacher's attention weights.
+        teacher_parameters, student_parameters: number of unique scalar parameters.
+        notes: remarks (dropped biases, unused rotary embeddings, ...).
+    """
+
+    architecture: str
+    family: str
+    mixer: str
+    init: str
+    replaced: list[str]
+    kept: list[str]
+    new: list[str]
+    from_attention: list[str]
+    teacher_parameters: int
+    student_parameters: int
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"CALD conversion of {self.architecture}: {self.family} attention -> {self.mixer} "
+            f"(init {self.init}); parameters {self.teacher_parameters:,} -> "
+            f"{self.student_parameters:,}",
+            _summary_line("replaced", self.replaced),
+            _summary_line("kept", self.kept),
+            _summary_line("new", self.new),
+            _summary_line("from attention", self.from_attention),
+        ]
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def _summary_line(label: str, names: list[str]) -> str:
+    """`label: N tensors: pattern, ...` with layer indices collapsed to `*`."""
+    patterns = list(dict.fromkeys(re.sub(r"\.\d+\.", ".*.", name) for name in names))
+    shown = ", ".join(patterns[:8]) + (
+        f", ... ({len(patterns) - 8} more)" if len(patterns) > 8 else ""
+    )
+    return f"  {label}: {len(names)} tensors" + (f": {shown}" if names else "")

@@ -1,0 +1,192 @@
+"""`convert_to_student`: replace every attention module of an HF model by a mixer slot.
+
+Generic over the registries: the family (`registry.FAMILIES`) says where the
+attention modules are and how a slot sits in their place; the mixer
+(`registry.MIXERS`) says how to build the lobe. Every other weight is kept
+bit-identical; the config gains a `cald_student` entry (the StudentConfig with the
+lobe config fully resolved) from which `build_student_from_config` rebuilds the
+same architecture without the teacher.
+"""
+
+import copy
+import logging
+from collections.abc import Mapping
+
+import torch
+import transformers
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from speechbrain_cald.conversion.config import ConversionReport, StudentConfig
+from speechbrain_cald.conversion.registry import MIXERS, MixerSpec, SourceFamily, detect_family
+
+logger = logging.getLogger(__name__)
+
+
+def resolve(model: PreTrainedModel, config: StudentConfig) -> tuple[SourceFamily, MixerSpec]:
+    """(family, mixer) of a conversion; errors for incompatible mixer / init choices."""
+    family = detect_family(model)
+    name = family.mixers[0] if config.mixer == "auto" else config.mixer
+    if name not in family.mixers:
+        raise ValueError(
+            f"mixer {name!r} does not fit a {family.name} model; use one of {family.mixers}"
+        )
+    spec = MIXERS[name]
+    if config.init == "attention" and spec.init_from_attention is None:
+        with_init = [m for m in family.mixers if MIXERS[m].init_from_attention] or "none"
+        raise ValueError(
+            f"init 'attention' does not exist for {name!r} (mixers with one here: {with_init}"
+            "; linformer always keeps Q/K/V)"
+        )
+    return family, spec
+
+
+def _slot_parent(layer: nn.Module, attribute: str) -> tuple[nn.Module, str]:
+    """(module holding the slot, attribute name) for a dotted `attribute` of `layer`."""
+    *path, last = attribute.split(".")
+    for name in path:
+        layer = getattr(layer, name)
+    return layer, last
+
+
+def _replace_slots(model, family: SourceFamily, spec: MixerSpec, overrides: dict, init: str):
+    """Swap each layer's attention for a slot; returns (lobe config, {mixer module:
+    parameter names initialised from attention})."""
+    lobe_config = spec.make_config(model.config, overrides, init)
+    shared, from_attention = {}, {}
+    for layer in family.layers(model):
+        parent, name = _slot_parent(layer, family.slot_attribute)
+        attention = getattr(parent, name)
+        weight = next(attention.parameters())
+        mixer = spec.build(lobe_config, shared)
+        if init == "attention":
+            projections = family.attention_projections(attention)
+            if projections is None:
+                raise ValueError(f"the {family.name} family gives no Q/K/V/O for init 'attention'")
+            heads = model.config.num_attention_heads
+            from_attention[mixer] = spec.init_from_attention(mixer, *projections, heads)
+        slot = family.make_slot(mixer, spec, attention)
+        slot = slot.to(device=weight.device, dtype=weight.dtype).train(attention.training)
+        setattr(parent, name, slot)
+    return lobe_config, from_attention
+
+
+def _declare_shared_parameters(model: nn.Module, slots: list[nn.Module]) -> None:
+    """Declare aliases of shared lobe parameters as tied weights, slot by slot.
+
+    `save_pretrained` refuses shared tensors unless they are declared in a module's
+    `_tied_weights_keys`; the first name (layer 0) is the one saved, the aliases are
+    dropped from the file and restored by the sharing that rebuilding re-creates.
+    """
+    canonical = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        canonical.setdefault(id(param), name)
+    names = {id(module): name for name, module in model.named_modules(remove_duplicate=False)}
+    for slot in slots:
+        tied = {
+            name: canonical[id(param)]
+            for name, param in slot.named_parameters(remove_duplicate=False)
+            if canonical[id(param)] != f"{names[id(slot)]}.{name}"
+        }
+        if tied:
+            slot._tied_weights_keys = tied
+
+
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """All parameter names, shared ones under every alias."""
+    return dict(model.named_parameters(remove_duplicate=False))
+
+
+def _numel(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _convert_in_place(model: PreTrainedModel, config: StudentConfig) -> ConversionReport:
+    """Replace the attention slots of `model` itself; see `convert_to_student`."""
+    family, spec = resolve(model, config)
+    teacher_names = list(_named_tensors(model))
+    teacher_parameters = _numel(model)
+
+    lobe_config, from_attention = _replace_slots(
+        model, family, spec, dict(config.mixer_config), config.init
+    )
+    stored = StudentConfig(
+        mixer=spec.name,
+        mixer_config=spec.stored_fields(lobe_config, model.config),
+        init=config.init,
+    )
+    model.config.cald_student = stored.to_dict()
+    model.config.architectures = [type(model).__name__]  # what rebuilding instantiates
+    family.after_conversion(model)
+    slots = [getattr(*_slot_parent(layer, family.slot_attribute)) for layer in family.layers(model)]
+    _declare_shared_parameters(model, slots)
+
+    student_names = list(_named_tensors(model))
+    student_set, teacher_set = set(student_names), set(teacher_names)
+    module_names = {id(module): name for name, module in model.named_modules()}
+    initialised = [
+        f"{module_names[id(mixer)]}.{name}"
+        for mixer, names in from_attention.items()
+        for name in names
+    ]
+    return ConversionReport(
+        architecture=type(model).__name__,
+        family=family.name,
+        mixer=spec.name,
+        init=config.init,
+        replaced=[name for name in teacher_names if name not in student_set],
+        kept=[name for name in teacher_names if name in student_set],
+        new=[name for name in student_names if name not in teacher_set],
+        from_attention=initialised,
+        teacher_parameters=teacher_parameters,
+        student_parameters=_numel(model),
+        notes=family.notes(model, spec, lobe_config, config.init),
+    )
+
+
+def convert_to_student(
+    model: PreTrainedModel, config: StudentConfig | Mapping | None = None
+) -> tuple[PreTrainedModel, ConversionReport]:
+    """Copy `model` and replace the attention of every layer by a CALD lobe mixer.
+
+    Args:
+        model: an HF model of a registered family (Wav2Vec2*, BERT-family encoder,
+            GPT-NeoX, ...); never modified.
+        config: StudentConfig, its dict, or None (defaults: auto mixer, random init).
+
+    Returns:
+        (student, report): the student is the same HF class, with every non-attention
+        weight bit-identical to `model`'s and `config.cald_student` set; the report's
+        first line is logged (the whole of it at debug level; `str(report)`).
+    """
+    if config is None:
+        config = StudentConfig()
+    elif isinstance(config, Mapping):
+        config = StudentConfig.from_dict(config)
+    resolve(model, config)  # fail before the deep copy
+    student = copy.deepcopy(model)
+    report = _convert_in_place(student, config)
+    logger.info("%s", str(report).splitlines()[0])
+    logger.debug("%s", report)
+    return student, report
+
+
+def build_student_from_config(hf_config: PretrainedConfig) -> PreTrainedModel:
+    """Random-weight student from a student config (`cald_student` + `architectures`).
+
+    Instantiates `transformers.<architectures[0]>` and converts it with the stored
+    StudentConfig (init "random": the weights are meant to be loaded afterwards). Lobe
+    parameters shared between layers come out shared again. `hf_config` is not modified.
+    """
+    stored = getattr(hf_config, "cald_student", None)
+    if stored is None:
+        raise ValueError("this config has no 'cald_student' entry: it is not a CALD student")
+    architectures = getattr(hf_config, "architectures", None) or []
+    model_cls = getattr(transformers, architectures[0], None) if architectures else None
+    if model_cls is None:
+        raise ValueError(f"cannot rebuild a student for config.architectures = {architectures!r}")
+    hf_config = copy.deepcopy(hf_config)
+    model = model_cls(hf_config)
+    _convert_in_place(model, StudentConfig.from_dict({**stored, "init": "random"}))
+    model.config.cald_student = dict(stored)  # keep the record of how it was initialised
+    return model

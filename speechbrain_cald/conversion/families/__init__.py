@@ -1,0 +1,3 @@
+"""Source-model families, one module each; importing this package registers them."""
+
+from speechbrain_cald.conversion.families import bert, gpt_neox, wav2vec2  # noqa: F401

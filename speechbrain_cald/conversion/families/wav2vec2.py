@@ -1,0 +1,36 @@
+"""Wav2Vec2 (HF `Wav2Vec2Model`, `Wav2Vec2For*`): each encoder layer's `attention`
+(q/k/v/out projections) becomes a slot holding the mixer (bimamba2 by default).
+
+The layers call `attention(hidden_states, attention_mask=4-D mask, ...)` and read
+`(output, weights)`; the slot turns the mask into the boolean valid-frame mask the
+bidirectional mixer reads (each utterance reversed within its own length).
+"""
+
+from speechbrain_cald.conversion.registry import SourceFamily, register_family
+
+
+class Wav2Vec2Family(SourceFamily):
+    name = "wav2vec2"
+    description = "Wav2Vec2Model / Wav2Vec2For* (model_type 'wav2vec2')"
+    mixers = ("bimamba2",)
+    model_types = ("wav2vec2",)
+
+    def matches(self, model):
+        return getattr(getattr(model, "config", None), "model_type", None) in self.model_types
+
+    def layers(self, model):
+        return model.base_model.encoder.layers
+
+    def attention_projections(self, attention):
+        return attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj
+
+    def notes(self, model, spec, lobe_config, init):
+        if init != "attention":
+            return []
+        return [
+            "in_proj x/B/C rows <- V/K/Q and out_proj <- O; in_proj z/dt rows random; "
+            "attention biases dropped"
+        ]
+
+
+register_family(Wav2Vec2Family())

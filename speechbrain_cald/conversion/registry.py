@@ -1,0 +1,195 @@
+"""The two registries of conversion: student mixers and source-model families.
+
+A *mixer* (`MixerSpec`) is a lobe that replaces attention: its config dataclass, how
+to build it, whether it is causal, which config fields it takes from the HF model,
+and optionally how to initialise it from the attention it replaces. A *family*
+(`SourceFamily`) is a kind of HF model: how to recognise it, where its attention
+modules sit, how the HF attention call (and its mask) reaches the mixer, and what
+the conversion report says. Adding either is one `register_mixer` /
+`register_family` call; nothing else in the package changes.
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from speechbrain_cald.lobes.masking import valid_mask
+
+# --------------------------------------------------------------------------- mixers
+
+
+@dataclass(frozen=True)
+class MixerSpec:
+    """One kind of student mixer.
+
+    name: the `StudentConfig.mixer` value.
+    config_class: the lobe's config dataclass.
+    build: (config, shared) -> module. `shared` is a dict the layers of one
+        conversion share (e.g. Linformer projections shared by every layer).
+    causal: a causal mixer is called `mixer(hidden_states)` (right padding never
+        reaches a valid frame); a bidirectional one `mixer(hidden_states,
+        attention_mask=valid)` with `valid` the boolean `(batch, time)` mask.
+    sizes: HF config -> the lobe-config fields taken from the model (never stored in
+        `mixer_config`), e.g. `{"d_model": config.hidden_size}`.
+    defaults: HF config -> lobe-config defaults taken from the model that
+        `mixer_config` may override (e.g. Linformer's max_len).
+    attention_config: optional (sizes, heads, overrides) -> lobe config shaped for
+        `init_from_attention` (StudentConfig.init "attention").
+    init_from_attention: optional (mixer, q, k, v, o, heads) -> names of the mixer's
+        parameters (relative to it) whose values now come from the attention weights.
+    """
+
+    name: str
+    config_class: type
+    build: Callable
+    causal: bool
+    sizes: Callable = lambda config: {"d_model": config.hidden_size}
+    defaults: Callable = lambda config: {}
+    attention_config: Callable | None = None
+    init_from_attention: Callable | None = None
+
+    def make_config(self, hf_config, overrides: dict, init: str):
+        """The resolved lobe config for a model with config `hf_config`."""
+        sizes = self.sizes(hf_config)
+        derived = set(sizes).intersection(overrides)
+        if derived:
+            raise ValueError(
+                f"mixer_config must not set {sorted(derived)}: they are taken from the model"
+            )
+        fields = {**self.defaults(hf_config), **overrides}
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        if init == "attention":
+            return self.attention_config(sizes, hf_config.num_attention_heads, fields)
+        return self.config_class(**sizes, **fields)
+
+    def stored_fields(self, lobe_config, hf_config) -> dict:
+        """The lobe config minus the sizes taken from the model: what `mixer_config` stores."""
+        derived = set(self.sizes(hf_config))
+        return {k: v for k, v in dataclasses.asdict(lobe_config).items() if k not in derived}
+
+
+MIXERS: dict[str, MixerSpec] = {}
+
+
+def register_mixer(spec: MixerSpec) -> MixerSpec:
+    """Make `spec` available as `StudentConfig(mixer=spec.name)`; returns it."""
+    MIXERS[spec.name] = spec
+    return spec
+
+
+# --------------------------------------------------------------------------- slots
+
+
+def valid_frames(attention_mask, hidden_states: torch.Tensor) -> torch.Tensor | None:
+    """Boolean `(batch, time)` valid frames from the mask an HF layer passes its attention.
+
+    The mask is None (no padding, sdpa), 2-D 0/1 (flash attention), or 4-D boolean
+    (sdpa) / additive (eager) of shape (batch, 1, time, time); None stays None. Padding
+    must be at the right (valid frames first in every row).
+    """
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(
+            f"CALD students cannot read a {type(attention_mask).__name__} attention mask "
+            "(flex attention); load the model with attn_implementation 'sdpa' or 'eager'"
+        )
+    batch, time = hidden_states.shape[:2]
+    valid = valid_mask(batch, time, attention_mask=attention_mask)
+    prefix = torch.arange(time, device=valid.device)[None, :] < valid.sum(-1, keepdim=True)
+    if not torch.equal(valid, prefix):
+        raise ValueError("CALD students need right padding (valid frames first in every row)")
+    return valid
+
+
+class MixerSlot(nn.Module):
+    """An attention slot: the HF attention call signature outside, a mixer inside.
+
+    Called as `slot(hidden_states, attention_mask=mask, **kwargs) -> (output, None)`;
+    the HF mask becomes one boolean valid-frame mask, given to bidirectional mixers
+    (causal ones never need it). Families whose layers expect more outputs subclass it.
+    """
+
+    def __init__(self, mixer: nn.Module, causal: bool):
+        super().__init__()
+        self.mixer = mixer
+        self.causal = causal
+
+    def mix(self, hidden_states: torch.Tensor, attention_mask=None) -> torch.Tensor:
+        """hidden_states (batch, time, d_model) -> (batch, time, d_model)."""
+        valid = valid_frames(attention_mask, hidden_states)
+        if self.causal or valid is None:
+            return self.mixer(hidden_states)
+        return self.mixer(hidden_states, attention_mask=valid)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, **kwargs):
+        return self.mix(hidden_states, attention_mask), None
+
+
+# --------------------------------------------------------------------------- families
+
+
+class SourceFamily:
+    """How one family of HF models is converted. Subclass, set the attributes, and
+    register an instance with `register_family`.
+
+    name: the family's name in reports; description: the models it covers. mixers:
+    the mixers it accepts, the first being what "auto" picks. slot_attribute: the
+    (dotted) attribute of each layer that holds the attention module.
+    """
+
+    name: str = ""
+    description: str = ""  # the models it covers, for error messages
+    mixers: tuple[str, ...] = ()
+    slot_attribute: str = "attention"
+
+    def matches(self, model) -> bool:
+        """Whether `model` (an HF PreTrainedModel) belongs to this family."""
+        raise NotImplementedError
+
+    def layers(self, model) -> Sequence[nn.Module]:
+        """The layers whose `slot_attribute` is replaced, in order."""
+        raise NotImplementedError
+
+    def attention_projections(self, attention):
+        """(q, k, v, o) nn.Linear of an attention module, for init "attention"; None
+        when the family cannot provide them."""
+        return None
+
+    def make_slot(self, mixer: nn.Module, spec: MixerSpec, attention: nn.Module) -> nn.Module:
+        """The module that takes the attention's place (default: `MixerSlot`)."""
+        return MixerSlot(mixer, spec.causal)
+
+    def notes(self, model, spec: MixerSpec, lobe_config, init: str) -> list[str]:
+        """Remarks for the conversion report (what else changed, what was dropped)."""
+        return []
+
+    def after_conversion(self, model) -> None:
+        """Adjust the converted model's config (e.g. caches the student cannot use)."""
+
+
+FAMILIES: dict[str, SourceFamily] = {}
+
+
+def register_family(family: SourceFamily) -> SourceFamily:
+    """Make `family` detectable by `detect_family` (families registered later are
+    tried first, so a specific family can take over from a general one)."""
+    FAMILIES.pop(family.name, None)
+    FAMILIES[family.name] = family
+    return family
+
+
+def detect_family(model) -> SourceFamily:
+    """The registered family of `model`; ValueError naming the supported ones."""
+    for family in reversed(list(FAMILIES.values())):
+        if family.matches(model):
+            return family
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    supported = "; ".join(f"{f.name}: {f.description}" for f in FAMILIES.values())
+    raise ValueError(
+        f"cannot convert {type(model).__name__} (model_type {model_type!r}); supported: "
+        f"{supported} (register a SourceFamily for others)"
+    )
