@@ -45,7 +45,7 @@ def format_table(rows, seeds):
     """The markdown table of `summarize` rows, modes in the workflow's order."""
     head = "| mode | test acc mean ± sd | " + " | ".join(f"seed {s}" for s in seeds)
     lines = [head + " | seconds/run |", "|---" * (len(seeds) + 3) + "|"]
-    for mode in workflow.ALL_MODES:
+    for mode in workflow.RUN_MODES:
         if mode in rows:
             mean, spread, accs, seconds = rows[mode]
             per_seed = " | ".join(f"{a:.3f}" for a in accs)
@@ -76,7 +76,7 @@ def main(argv=None):
     result = workflow.run_workflow(
         args.data_folder,
         args.output_root,
-        modes=workflow.ALL_MODES,
+        modes=workflow.RUN_MODES,
         seeds=args.seeds,
         pretrain_args=["--max_steps", str(args.pretrain_steps)],
         task_args=["--max_steps", str(args.steps)],

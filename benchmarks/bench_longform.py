@@ -74,6 +74,7 @@ def child(kind, minutes, size, threads):
     torch.set_num_threads(threads)
     model = build(kind, size)
     chunk = CHUNK_FRAMES if kind == "student" else None
+
     def encode(wav):  # the inference interfaces' path: input normalisation, exact CNN
         return speech_input.speech_model_forward(model, wav, torch.ones(1), chunk)[0]
 

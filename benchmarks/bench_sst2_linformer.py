@@ -33,7 +33,7 @@ MODES = ("std", "unguided", "target", "trajectory")
 def run_mode(args, mode):
     """One recipe run; returns (test metrics, seconds)."""
     cmd = [sys.executable, "train.py", "hparams/roberta_linformer.yaml", "--task_name", "sst2"]
-    cmd += ["--data_folder", args.data, "--teacher_hub", args.teacher]
+    cmd += ["--data_folder", args.data, "--source_hub", args.teacher]
     cmd += ["--output_root", args.out, "--number_of_epochs", str(args.epochs)]
     cmd += ["--max_len", str(args.max_len), "--linformer_k", str(args.k)]
     cmd += ["--lr", str(args.lr), "--batch_size", str(args.batch_size)]

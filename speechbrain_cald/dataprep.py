@@ -36,6 +36,7 @@ from speechbrain_cald.audio import (  # noqa: F401  (re-exported for prepare scr
 logger = logging.getLogger(__name__)
 
 MANIFEST_HEAD = ("ID", "duration", "wav")
+SPLITS = ("train", "dev", "test")
 OPTIONS_VERSION = 1
 
 
@@ -99,6 +100,11 @@ def write_csv_manifest(path, rows: Sequence[Mapping], extra_columns: Sequence[st
             writer.writerow([_format_cell(row[c]) for c in columns])
     os.replace(tmp, path)
     return len(rows)
+
+
+def manifest_paths(hparams, extension="csv"):
+    """`{split: <manifest_folder>/<split>.<extension>}`, as the prepare step wrote them."""
+    return {s: os.path.join(hparams["manifest_folder"], f"{s}.{extension}") for s in SPLITS}
 
 
 def read_csv_manifest(path) -> list[dict]:
@@ -201,7 +207,7 @@ def prepare_splits(
     sample_rate: int = 16000,
 ) -> dict[str, str]:
     """The body of a prepare function whose manifests depend only on the data
-    folder and the sample rate (the `recipe.main` signature plus the corpus parts).
+    folder and the sample rate (the `experiment.main` prepare contract plus the corpus parts).
 
     `corpus` names it in messages; lower-cased, it names the preparation record.
     Checks the `required` entries of the layout (unless `skip_prep`), then runs

@@ -6,7 +6,7 @@ file, + ``modules`` + ``pretrainer``), ``encoder.ckpt`` (the model's ``state_dic
 read back with ``torch.load(weights_only=True)``), ``heads.ckpt`` and one label
 encoder file per head, ``tokenizer.ckpt`` (CTC vocabulary for ASR, tokenizer.json for
 text). Text models are written as ``model.ckpt`` (module ``model``). Every recipe run
-ends by writing one for its best model (`speechbrain_cald.recipe.export_inference`,
+ends by writing one for its best model (`speechbrain_cald.experiment.export_inference`,
 ``<output_folder>/inference``).
 
 Load it with `load_inference_folder` or ``<Interface>.from_hparams(source=folder,

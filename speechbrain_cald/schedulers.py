@@ -7,11 +7,14 @@
 - GLUE uses SpeechBrain's `LinearWarmupScheduler` (linear warm-up and decay to 0, ref).
 """
 
+import logging
 import math
 
 import torch
 from speechbrain.nnet.schedulers import WarmAndExpDecayLRSchedule
 from speechbrain.utils import checkpoints
+
+logger = logging.getLogger(__name__)
 
 
 @checkpoints.register_checkpoint_hooks
@@ -60,3 +63,27 @@ class WarmupCosineLRSchedule:
     def _load(self, path, end_of_epoch=False):
         del end_of_epoch
         self.step = torch.load(path, weights_only=True)["step"]
+
+
+def size_schedule(hparams, n_train):
+    """Size the `warmup_ratio` LR schedules (speechbrain's LinearWarmupScheduler: the
+    student's `lr_scheduler` and the trajectory teacher's `trajectory_lr_scheduler`)
+    from the run length: training steps = epochs * batches per epoch
+    (`eval_every_steps`, else the train set in `batch_size` batches), warm-up that
+    fraction of them (reference: linear schedule, 6% warm-up, 10 epochs)."""
+    ratio = hparams.get("warmup_ratio")
+    if ratio is None:
+        return
+    per_epoch = hparams.get("eval_every_steps") or math.ceil(n_train / hparams["batch_size"])
+    for name in ("lr_scheduler", "trajectory_lr_scheduler"):
+        scheduler = hparams.get(name)
+        if scheduler is None:
+            continue
+        scheduler.num_training_steps = hparams["number_of_epochs"] * per_epoch
+        scheduler.num_warmup_steps = int(ratio * scheduler.num_training_steps)
+        logger.info(
+            "%s: %d steps, %d warm-up",
+            name,
+            scheduler.num_training_steps,
+            scheduler.num_warmup_steps,
+        )

@@ -12,7 +12,7 @@ writes
 
 The sentences come from a tiny grammar whose sentiment word decides the label, so a
 tiny model can learn the tasks. The tokenizers are built from the fixture text with
-the `tokenizers` library, so `teacher_hub: DIR/roberta_tiny` works exactly as a hub
+the `tokenizers` library, so `source_hub: DIR/roberta_tiny` works exactly as a hub
 model folder would, offline.
 """
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "recipes" / "FSDD"))  # the FSDD recipe's workflow
 import workflow  # noqa: E402
 from fsdd_prepare import list_recordings  # noqa: E402
 
-from speechbrain_cald import analysis, inference, recipe  # noqa: E402
+from speechbrain_cald import analysis, inference, speech_data  # noqa: E402
 from speechbrain_cald.tasks import UtteranceClassification  # noqa: E402
 
 STUDENTS = ("target", "hybrid", "unguided")
@@ -55,7 +55,7 @@ DEMO_ARGS = (
 TINY_ARGS = (
     [
         "--eval_every_steps", "2", "--waypoint_every", "2", "--warmup_steps", "1",
-        "--noprogressbar", "--wav2vec2_config",
+        "--noprogressbar", "--source_config",
         "{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64,"
         " conv_dim: [16, 16, 32, 32], conv_stride: [10, 4, 4, 2], conv_kernel: [40, 8, 8, 4],"
         " feat_extract_norm: layer, num_conv_pos_embeddings: 8, num_conv_pos_embedding_groups: 4}",
@@ -86,7 +86,7 @@ def parse_args(argv=None):
 def long_audio(paths, seconds, sample_rate=16000):
     """`seconds` of real speech: the given recordings (at `sample_rate`) end to end,
     repeated as needed."""
-    read = recipe.audio_pipeline(sample_rate)
+    read = speech_data.audio_pipeline(sample_rate)
     pieces, total = [], 0
     while total < seconds * sample_rate:
         for path in paths:
@@ -114,12 +114,12 @@ def training_prediction(run_dir, wav_path):
     task = UtteranceClassification({"speaker": workflow.SPEAKERS})
     model, heads = task.load(os.path.join(run_dir, "best_model"))
     model.eval()
-    signal = recipe.audio_pipeline()(wav_path)
+    signal = speech_data.audio_pipeline()(wav_path)
     batch = PaddedBatch([{"id": "probe", "sig": signal}])
     with torch.no_grad():
         index = int(task.forward(model, batch, None, heads).logits["speaker"].argmax(-1))
     encoder = CategoricalEncoder()
-    encoder.load(recipe.label_encoder_file(os.path.join(run_dir, "save"), "speaker"))
+    encoder.load(speech_data.label_encoder_file(os.path.join(run_dir, "save"), "speaker"))
     return encoder.decode_ndim(index)
 
 

@@ -3,14 +3,14 @@
 
     python train.py hparams/wav2vec2_cald.yaml --data_folder /path/to/fsdd [--mode target]
 
-The flow (prepare, datasets, fit, test, export) is speechbrain_cald.recipe.main;
+The flow (prepare, datasets, fit, test, export) is speechbrain_cald.experiment.main;
 this file names the corpus: its prepare function and the label head
 (`label_columns` in the YAML). workflow.py chains the runs of the whole workflow.
 """
 
 from fsdd_prepare import prepare_fsdd
 
-from speechbrain_cald import recipe
+from speechbrain_cald import experiment, speech_data
 
 if __name__ == "__main__":
-    recipe.main(prepare_fsdd, recipe.classification_items)
+    experiment.main(prepare_fsdd, speech_data.classification_datasets)

@@ -13,7 +13,7 @@
    waypoint teacher), then each CALD mode (conversion to bidirectional Mamba2 and
    training under its guidance), each tested with its best dev checkpoint.
 
-Every run is `train.py` (speechbrain_cald.recipe.main) called in-process with the
+Every run is `train.py` (speechbrain_cald.experiment.main) called in-process with the
 overrides a user would type, so the runs are exactly the recipe's and their folders
 (`<output_root>/{digits,speaker}/<run>/<seed>/`) are the recipe's too.
 """
@@ -27,24 +27,14 @@ import time
 
 from fsdd_prepare import prepare_fsdd
 
-from speechbrain_cald import recipe
+from speechbrain_cald import experiment, speech_data
+from speechbrain_cald.guidance import RUN_MODES, mode_overrides
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HPARAMS = os.path.join(HERE, "hparams", "wav2vec2_cald.yaml")
 TASK_A = ["--label", "digit", "--n_classes", "10"]
 SPEAKERS = 6
 TASK_B = ["--label", "speaker", "--n_classes", str(SPEAKERS)]
-ALL_MODES = ("std", "unguided", "target", "src_init", "waypoint", "trajectory", "hybrid")
-
-
-def mode_args(mode, hybrid_switch_step):
-    """train.py overrides of one mode (hybrid = target with L_LD off from the switch)."""
-    if mode == "hybrid":
-        switch = ["--hybrid_switch_step", str(hybrid_switch_step)]
-        return ["--mode", "target", *switch, "--run_name", "hybrid"]
-    if mode not in ALL_MODES:
-        raise ValueError(f"unknown mode {mode!r}; use one of {ALL_MODES}")
-    return ["--mode", mode]
 
 
 def prepare_override(**options):
@@ -57,7 +47,9 @@ def train(data_folder, output_root, args):
     """One `train.py` run in-process (the same overrides as on the command line);
     returns its test stats (`test_metrics.json`)."""
     argv = [HPARAMS, "--data_folder", data_folder, "--output_root", output_root]
-    return recipe.main(prepare_fsdd, recipe.classification_items, argv=argv + list(args))
+    return experiment.main(
+        prepare_fsdd, speech_data.classification_datasets, argv=argv + list(args)
+    )
 
 
 def run_folder(output_root, run, seed):
@@ -83,7 +75,7 @@ def read_train_log(path):
 def run_workflow(
     data_folder,
     output_root,
-    modes=ALL_MODES,
+    modes=RUN_MODES,
     seeds=(1986,),
     pretrain_args=(),
     task_args=(),
@@ -128,7 +120,7 @@ def run_workflow(
                     os.path.join(run_folder(speaker_root, "std", seed), "train_log.txt")
                 )
                 switch = int(max(row.get("step", 0) for row in log_rows)) // 2
-            args = ["--wav2vec2_hub", hub, "--seed", str(seed), *mode_args(mode, switch)]
+            args = ["--source_hub", hub, "--seed", str(seed), *mode_overrides(mode, switch)]
             start = time.time()
             stats = train(data_folder, speaker_root, [*args, *task_args])
             stats["seconds"] = time.time() - start
@@ -146,7 +138,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_folder", required=True, help="FSDD root (recordings/)")
     parser.add_argument("--output_root", default="results/fsdd_workflow")
-    parser.add_argument("--modes", nargs="+", default=list(ALL_MODES), choices=ALL_MODES)
+    parser.add_argument("--modes", nargs="+", default=list(RUN_MODES), choices=RUN_MODES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1986])
     parser.add_argument("--train_per_speaker", type=int, help="task B training recordings")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="-- train.py overrides")

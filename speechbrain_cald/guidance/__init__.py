@@ -40,11 +40,28 @@ __all__ = [
     "Unguided",
     "Waypoint",
     "from_mode",
+    "mode_overrides",
     "waypoint_path",
 ]
 
 MODES = ("std", "unguided", "target", "src_init", "trajectory", "waypoint")
 GUIDED_MODES = MODES[2:]
+HYBRID = "hybrid"  # a run, not a strategy: a guided mode with `hybrid_switch_step` set
+RUN_MODES = (*MODES, HYBRID)  # the runs of a whole workflow, std first
+
+
+def mode_overrides(mode, hybrid_switch_step=None, hybrid_of="target"):
+    """The `train.py` overrides of one run of RUN_MODES: `--mode <mode>`, or for
+    "hybrid" the guided mode `hybrid_of` with L_LD off from `hybrid_switch_step`,
+    run under the name "hybrid"."""
+    if mode == HYBRID:
+        if hybrid_switch_step is None:
+            raise ValueError("the hybrid run needs a hybrid_switch_step")
+        switch = ["--hybrid_switch_step", str(hybrid_switch_step)]
+        return ["--mode", hybrid_of, *switch, "--run_name", HYBRID]
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of {RUN_MODES}")
+    return ["--mode", mode]
 
 
 def from_mode(

@@ -34,7 +34,7 @@ from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.dataio.encoder import CategoricalEncoder
 from test_recipes import fixtures
 
-from speechbrain_cald import recipe
+from speechbrain_cald import experiment, speech_data
 from speechbrain_cald.brain import CALDBrain
 
 ROWS = {row["Recipe"]: row for row in read_table("recipes.csv")}
@@ -128,9 +128,7 @@ def brain_test_outputs(run_folder):
     checkpoint ({id: {head: log-probs}}), with the hparams the run saved."""
     with open(os.path.join(run_folder, "hyperparams.yaml"), encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f)
-    manifests = {s: os.path.join(hparams["manifest_folder"], f"{s}.csv") for s in recipe.SPLITS}
-    items, output_keys = recipe.classification_items(hparams, manifests)
-    test = recipe.load_datasets(manifests, items, output_keys, hparams["label_columns"])["test"]
+    test = speech_data.classification_datasets(hparams)["test"]
     brain = CALDBrain(
         opt_class=hparams["opt_class"],
         hparams=hparams,
@@ -149,7 +147,7 @@ def brain_test_outputs(run_folder):
     brain.task.update_metrics = record
     keys = {name[:-1]: keys[0] for name, keys in brain.ckpt_keys().items()}
     brain.evaluate(test, test_loader_kwargs={"batch_size": 1}, progressbar=False, **keys)
-    with open(os.path.join(run_folder, recipe.METRICS_FILE), encoding="utf-8") as f:
+    with open(os.path.join(run_folder, experiment.METRICS_FILE), encoding="utf-8") as f:
         assert json.load(f)["acc"] == pytest.approx(brain.last_stage_stats["acc"])
     return hparams, outputs
 
@@ -160,7 +158,7 @@ def test_classifier_inference_folder_matches_test_stage(data, tmp_path):
     assert set(expected) == set(rows) == set(predictions)
     for head in hparams["label_columns"]:
         encoder = CategoricalEncoder()
-        encoder.load(recipe.label_encoder_file(hparams["save_folder"], head))
+        encoder.load(speech_data.label_encoder_file(hparams["save_folder"], head))
         for uid, outputs in expected.items():
             index, label, log_probs = predictions[uid][head]
             assert index == outputs[head].argmax().item(), (uid, head)

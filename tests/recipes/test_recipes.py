@@ -18,17 +18,12 @@ import ruamel.yaml
 from recipe_runner import ROOT, read_table, run_metrics, run_train
 
 from speechbrain_cald.dataprep import iter_lines
+from speechbrain_cald.guidance import RUN_MODES, mode_overrides
 
 ROWS = read_table("recipes.csv")
-# (run name, flags) after std; hybrid = target with L_LD / L_KD off from step 2
-MODES = [
-    ("target", ["--mode", "target"]),
-    ("src_init", ["--mode", "src_init"]),
-    ("waypoint", ["--mode", "waypoint"]),
-    ("trajectory", ["--mode", "trajectory"]),
-    ("hybrid", ["--mode", "target", "--hybrid_switch_step", "2", "--run_name", "hybrid"]),
-    ("unguided", ["--mode", "unguided"]),
-]
+# (run name, flags) after std, as `python -m speechbrain_cald.workflow` runs them;
+# hybrid = target with L_LD off from step 2
+MODES = [(mode, mode_overrides(mode, hybrid_switch_step=2)) for mode in RUN_MODES[1:]]
 
 
 def fixtures(out, size):
@@ -56,8 +51,8 @@ def train(row, data, output_root, flags=(), extra=None):
 
 @pytest.mark.parametrize("row", ROWS, ids=[r["Recipe"] for r in ROWS])
 def test_recipe_workflow(row, tiny_data, tmp_path):
-    """std -> target, src_init, waypoint, trajectory, hybrid, unguided -> test."""
-    seconds = {"std": train(row, tiny_data, tmp_path, ["--mode", "std"])}
+    """std -> unguided, target, src_init, trajectory, waypoint, hybrid -> test."""
+    seconds = {"std": train(row, tiny_data, tmp_path, mode_overrides("std"))}
     std = run_metrics(tmp_path, "std")
     assert os.listdir(os.path.join(tmp_path, "std", "1986", "waypoints"))
     for name, flags in MODES:
@@ -132,11 +127,11 @@ def first_and_last(output_root, run_name, key, seed="1986"):
 # GroupNorm CNN -> this one: 0.55 -> 0.70 with 6 utterances per video, 0.675 -> 0.90
 # with the fixture's 12 (seeds 7 and 2024: 0.925). SLURP: 0.671 -> 0.70.
 LEARNABLE_MODEL = (
-    '--wav2vec2_hub null --wav2vec2_config "{hidden_size: 64, num_hidden_layers: 2, '
+    '--source_hub null --source_config "{hidden_size: 64, num_hidden_layers: 2, '
     "num_attention_heads: 4, intermediate_size: 128, conv_dim: [32, 32, 64], "
     "conv_stride: [10, 4, 4], conv_kernel: [400, 8, 8], feat_extract_norm: layer, "
     "num_conv_pos_embeddings: 8, "
-    'num_conv_pos_embedding_groups: 4}" --wav2vec2_overrides "{mask_time_prob: 0.0, '
+    'num_conv_pos_embedding_groups: 4}" --source_overrides "{mask_time_prob: 0.0, '
     "layerdrop: 0.0, hidden_dropout: 0.0, activation_dropout: 0.0, attention_dropout: 0.0, "
     'feat_proj_dropout: 0.0, final_dropout: 0.0}" --freeze_feature_encoder False '
     '--student_mixer_config "{d_state: 7, headdim: 8, chunk_size: 16}" --dynamic_batching False'

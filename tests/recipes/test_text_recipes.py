@@ -4,7 +4,7 @@ text fixtures (tools/make_text_fixtures.py), SpeechBrain style.
 Each row of text_recipes.csv is one recipe YAML, its fixture data and offline
 teacher folder, the modes to run ("all": std, then every CALD mode) and the flags
 that make it tiny. Each run is `python train.py <yaml> --data_folder ...
---teacher_hub ...` (the README commands) and must write its metric files. The
+--source_hub ...` (the README commands) and must write its metric files. The
 `slow` test checks that CALD distillation trains the LM student. The lm-eval test
 scores a trained student on a local task through lm_eval_student.py; it is skipped
 when lm-evaluation-harness (the `lm` extra) is not installed.
@@ -22,18 +22,13 @@ import torch
 import transformers
 from recipe_runner import ROOT, read_table, run_metrics, run_train
 
+from speechbrain_cald.guidance import RUN_MODES, mode_overrides
+
 ROWS = read_table("text_recipes.csv")
 IDS = [f"{r['Recipe']}:{r['Fixture_root']}:{r['Modes']}" for r in ROWS]
-# (run name, flags); hybrid = target with L_LD / L_KD off from step 2
-MODES = {
-    "std": ["--mode", "std"],
-    "unguided": ["--mode", "unguided"],
-    "target": ["--mode", "target"],
-    "src_init": ["--mode", "src_init"],
-    "trajectory": ["--mode", "trajectory"],
-    "waypoint": ["--mode", "waypoint"],
-    "hybrid": ["--mode", "target", "--hybrid_switch_step", "2", "--run_name", "hybrid"],
-}
+# run name -> flags, as `python -m speechbrain_cald.workflow` runs them; hybrid =
+# target with L_LD off from step 2
+MODES = {mode: mode_overrides(mode, hybrid_switch_step=2) for mode in RUN_MODES}
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +43,7 @@ def text_data(tmp_path_factory):
 def train(row, data, output_root, flags=()):
     """One `train.py` run of a text recipe row (data + teacher folder); returns seconds."""
     args = ["--data_folder", os.path.join(data, row["Fixture_root"])]
-    args += ["--teacher_hub", os.path.join(data, row["Teacher"])]
+    args += ["--source_hub", os.path.join(data, row["Teacher"])]
     args += shlex.split(row["test_flags"]) + list(flags)
     return run_train(row, output_root, args)
 

@@ -3,7 +3,7 @@ replaces and adds, checked on hand-written YAML files against the expected value
 
 from hyperpyyaml import load_hyperpyyaml
 
-from speechbrain_cald.recipe import merge_base_hparams
+from speechbrain_cald.experiment import merge_base_hparams
 
 BASE = """\
 lr: 0.001
@@ -47,3 +47,27 @@ def test_keys_replace_whole_refs_follow_and_bases_chain(tmp_path):
     # command-line overrides apply on top, merging a mapping key by key as usual
     hparams = load_hyperpyyaml(merge_base_hparams(top), "heads: {scenario: 3}")
     assert hparams["heads"] == {"intent": 12, "scenario": 3}
+
+
+def test_workflow_runs_std_first_then_every_mode_then_hybrid():
+    from speechbrain_cald import workflow
+    from speechbrain_cald.guidance import MODES
+
+    cmds = workflow.commands("h.yaml", ["--data_folder", "d"], 40, launcher=["torchrun"])
+    assert [c[c.index("--mode") + 1] for c in cmds] == [*MODES, "target"]
+    assert cmds[0][:3] == ["torchrun", "train.py", "h.yaml"] and cmds[0][-2:] == [
+        "--data_folder",
+        "d",
+    ]
+    assert cmds[-1][3:] == [
+        "--mode",
+        "target",
+        "--hybrid_switch_step",
+        "40",
+        "--run_name",
+        "hybrid",
+    ] + [
+        "--data_folder",
+        "d",
+    ]
+    assert len(workflow.commands("h.yaml", [])) == len(MODES)  # no switch step: no hybrid run

@@ -17,7 +17,7 @@ import soundfile as sf
 import speechbrain as sb
 import torch
 
-from speechbrain_cald import recipe
+from speechbrain_cald import speech_data
 from speechbrain_cald.dataprep import (
     DataPrepError,
     audio_row_check,
@@ -109,7 +109,7 @@ def test_a_header_without_a_needed_column_is_always_an_error(audio, tmp_path):
 
 
 def recipe_datasets(audio, tmp_path, bad_data):
-    """recipe.load_datasets as a recipe calls it: audio + characters + one label head;
+    """speech_data.load_manifests as a recipe calls it: audio + characters + one label head;
     the dev set holds a label unseen in training and a transcript outside the
     vocabulary, the test set an empty audio file."""
     manifests = {
@@ -118,10 +118,12 @@ def recipe_datasets(audio, tmp_path, bad_data):
         "test": [("e1", [audio["good"], "hello", "b"]), ("e2", [audio["empty"], "hi", "a"])],
     }
     paths = {s: write_manifest(tmp_path / f"{s}.csv", rows) for s, rows in manifests.items()}
-    items = [recipe.audio_pipeline(SR), recipe.char_pipeline(VOCAB, "wrd")]
-    items += recipe.label_pipelines({"intent": "intent"}, paths["train"], tmp_path, {"intent": 3})
+    items = [speech_data.audio_pipeline(SR), speech_data.char_pipeline(VOCAB, "wrd")]
+    items += speech_data.label_pipelines(
+        {"intent": "intent"}, paths["train"], tmp_path, {"intent": 3}
+    )
     keys = ["id", "sig", "tokens", "intent"]
-    datasets = recipe.load_datasets(
+    datasets = speech_data.load_manifests(
         paths, items, keys, {"intent": "intent"}, bad_data=bad_data, min_duration=0.1
     )
     return datasets, paths

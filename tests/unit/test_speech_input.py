@@ -20,7 +20,7 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.inference.ASR import EncoderASR
 from speechbrain.inference.interfaces import Pretrained
 
-from speechbrain_cald import conversion, inference, recipe, speech_input
+from speechbrain_cald import conversion, inference, speech_data, speech_input
 from speechbrain_cald.tasks import CTCASR
 
 VOCAB = ["<blank>", "|", "a", "b", "c", "d", "e", "f"]
@@ -160,7 +160,7 @@ def test_training_and_inference_read_a_file_the_same_way(tmp_path, rate, channel
     samples = (0.2 * gen.standard_normal((rate // 2, channels))).clip(-1, 1)
     path = str(tmp_path / "a.wav")
     soundfile.write(path, samples, rate, subtype=subtype)
-    training = recipe.audio_pipeline(16000)(path)  # the recipes' dynamic item
+    training = speech_data.audio_pipeline(16000)(path)  # the recipes' dynamic item
     export = tmp_path / "export"
     inference.export_inference_folder(export, CTCASR(VOCAB), tiny_model("layer", False).eval())
     ours = inference.ASR.from_hparams(source=str(export), savedir=tmp_path / "a").load_audio(path)
@@ -180,4 +180,4 @@ def test_non_finite_audio_is_an_error_naming_the_file(tmp_path):
     path = str(tmp_path / "bad.wav")
     soundfile.write(path, np.array([0.1, np.inf, 0.0] * 100, dtype=np.float32), 16000, "FLOAT")
     with pytest.raises(ValueError, match=r"bad\.wav: 100 non-finite"):
-        recipe.audio_pipeline(16000)(path)
+        speech_data.audio_pipeline(16000)(path)

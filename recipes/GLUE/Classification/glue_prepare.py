@@ -1,6 +1,6 @@
 """Manifests for GLUE SST-2 / QNLI / QQP (official TSVs) and IMDB (aclImdb tree).
 
-    prepare_glue(data_folder, save_folder, task)
+    prepare_glue(data_folder, save_folder, task=task)
 
 GLUE: `<data_folder>/{train,dev}.tsv` with the official header (SST-2 `sentence
 label`; QNLI `index question sentence label`; QQP `id qid1 qid2 question1
@@ -16,7 +16,7 @@ import glob
 import logging
 import os
 
-from speechbrain_cald.text import write_manifest
+from speechbrain_cald.text_data import write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def read_imdb(folder, split):
     return rows
 
 
-def prepare_glue(data_folder, save_folder, task, skip_prep=False):
+def prepare_glue(data_folder, save_folder, skip_prep=False, task="sst2"):
     """Write the train / dev / test manifests of `task` (one of TASKS) once."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")

@@ -5,32 +5,21 @@ its CALD conversion to Linformer (every other mode).
     python train.py hparams/roberta_linformer.yaml --task_name sst2 \
         --data_folder /path/to/glue/SST-2 [--mode target]
 
-The flow (prepare, datasets, fit, test, export) is speechbrain_cald.text.main; this
-file names the corpus: its prepare step and the tokenized text columns.
+The flow (prepare, datasets, fit, test, export) is speechbrain_cald.experiment.main;
+this file names the corpus: its prepare step and the tokenized text columns.
 """
 
 from glue_prepare import prepare_glue, text_columns
 
-from speechbrain_cald import text
+from speechbrain_cald import experiment, text_data
 
 
-def prepare(hparams, tokenizer):
-    """GLUE / IMDB manifests (the tokenizer is applied on the fly)."""
-    del tokenizer
-    prepare_glue(
-        hparams["data_folder"],
-        hparams["manifest_folder"],
-        hparams["task_name"],
-        hparams["skip_prep"],
-    )
-
-
-def dataset_items(hparams, tokenizer):
-    """Tokens of text_a (+ text_b for sentence pairs) and the label."""
+def datasets(hparams):
+    """Tokens of text_a (+ text_b for sentence pairs, tokenized on the fly) and the label."""
     columns = text_columns(hparams["task_name"])
-    items = [text.token_pipeline(tokenizer, columns, hparams["max_len"])]
-    return items, ["id", "tokens", "label"]
+    items = [text_data.token_pipeline(hparams["tokenizer"], columns, hparams["max_len"])]
+    return text_data.load_datasets(hparams, items, ["id", "tokens", "label"])
 
 
 if __name__ == "__main__":
-    text.main(prepare, dataset_items)
+    experiment.main(prepare_glue, datasets)

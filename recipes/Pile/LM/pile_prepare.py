@@ -1,6 +1,7 @@
 """Token-row manifests for causal LM training from local Pile-style text shards.
 
-    prepare_pile(data_folder, save_folder, tokenizer, seq_len, train_shards, valid_shards)
+    prepare_pile(data_folder, save_folder, tokenizer=..., seq_len=...,
+                 train_shards=..., valid_shards=...)
 
 Shards are `.jsonl` or `.jsonl.zst` files (zstandard needed for the latter) with one
 `{"text": ...}` document per line, named by glob patterns relative to `data_folder`.
@@ -16,7 +17,7 @@ import json
 import logging
 import os
 
-from speechbrain_cald.text import write_manifest
+from speechbrain_cald.text_data import write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def shard_paths(data_folder, patterns):
 
 
 def prepare_pile(
-    data_folder, save_folder, tokenizer, seq_len, train_shards, valid_shards, skip_prep=False
+    data_folder, save_folder, skip_prep=False, *, tokenizer, seq_len, train_shards, valid_shards
 ):
     """Write the train / dev / test token-row manifests once."""
     outputs = {s: os.path.join(save_folder, f"{s}.json") for s in ("train", "dev", "test")}

@@ -5,27 +5,14 @@ CALD conversion to Mamba (every other mode).
     python train.py hparams/pythia_mamba.yaml --data_folder /path/to/pile [--mode target]
 
 The flow (prepare, datasets, fit, test = held-out perplexity, export) is
-speechbrain_cald.text.main; this file names the corpus: its token-row prepare step.
+speechbrain_cald.experiment.main; this file names the corpus: its token-row manifests.
 """
 
 import torch
 from pile_prepare import prepare_pile
 from speechbrain.utils.data_pipeline import provides, takes
 
-from speechbrain_cald import text
-
-
-def prepare(hparams, tokenizer):
-    """Token-row manifests of the train and held-out shards."""
-    prepare_pile(
-        hparams["data_folder"],
-        hparams["manifest_folder"],
-        tokenizer,
-        hparams["seq_len"],
-        hparams["train_shards"],
-        hparams["valid_shards"],
-        hparams["skip_prep"],
-    )
+from speechbrain_cald import experiment, text_data
 
 
 @takes("ids")
@@ -35,11 +22,10 @@ def row_tokens(ids):
     return torch.LongTensor(ids)
 
 
-def dataset_items(hparams, tokenizer):
-    """Rows are tokenized already."""
-    del hparams, tokenizer
-    return [row_tokens], ["id", "tokens"]
+def datasets(hparams):
+    """Rows are tokenized already (by the prepare step)."""
+    return text_data.load_datasets(hparams, [row_tokens], ["id", "tokens"])
 
 
 if __name__ == "__main__":
-    text.main(prepare, dataset_items)
+    experiment.main(prepare_pile, datasets)

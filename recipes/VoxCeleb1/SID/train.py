@@ -3,14 +3,14 @@
 
     python train.py hparams/wav2vec2_cald.yaml --data_folder /path/to/VoxCeleb1 [--mode target]
 
-The flow (prepare, datasets, fit, test, export) is speechbrain_cald.recipe.main;
+The flow (prepare, datasets, fit, test, export) is speechbrain_cald.experiment.main;
 this file names the corpus: its prepare function and the speaker head
 (`label_columns` in the YAML).
 """
 
 from voxceleb1_prepare import prepare_voxceleb1
 
-from speechbrain_cald import recipe
+from speechbrain_cald import experiment, speech_data
 
 if __name__ == "__main__":
-    recipe.main(prepare_voxceleb1, recipe.classification_items)
+    experiment.main(prepare_voxceleb1, speech_data.classification_datasets)

@@ -38,7 +38,7 @@ def read_splits(data_folder, sample_rate):
 
 
 def prepare_folders(data_folder, save_folder, skip_prep=False, sample_rate=16000):
-    """Write the manifests of a labelled-folder corpus (the `recipe.main` prepare
+    """Write the manifests of a labelled-folder corpus (the `experiment.main` prepare
     signature); returns `{split: csv path}`."""
     return prepare_splits(
         "Folders", data_folder, save_folder, read_splits, SPLITS, LAYOUT, skip_prep, sample_rate

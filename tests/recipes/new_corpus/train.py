@@ -8,7 +8,7 @@ names the VoxCeleb1 SID YAML as its base.
 
 from folders_prepare import prepare_folders
 
-from speechbrain_cald import recipe
+from speechbrain_cald import experiment, speech_data
 
 if __name__ == "__main__":
-    recipe.main(prepare_folders, recipe.classification_items)
+    experiment.main(prepare_folders, speech_data.classification_datasets)

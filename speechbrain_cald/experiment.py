@@ -1,14 +1,21 @@
-"""Corpus-agnostic pieces of the speech recipes (recipes/<Corpus>/<Task>/train.py).
+"""The experiment runner of every recipe, speech and text (recipes/<Corpus>/<Task>/train.py).
 
-A recipe's train.py keeps what is specific to its corpus (the prepare function and
-its dynamic items) and calls `main`, which runs the steps below:
+    python train.py hparams/<file>.yaml [--key value ...]
 
-- `prepare_pretrained`: the transformer every mode starts from, written once as an
-  HF folder (a hub id / local folder, or a random model from a config for tests);
-- `load_datasets` with `audio_pipeline` plus `label_pipelines` (classification,
-  encoders built from the train manifest and saved) or `char_pipeline` (CTC);
-- `run`: build the CALDBrain, fit, evaluate on test with the best checkpoint,
-  write `test_metrics.json` (+ one stats file per metric) and export the best model.
+A recipe's `train.py` names its corpus: a prepare function and a datasets function,
+and calls `main(prepare, make_datasets)`, which runs, in order:
+
+1. `setup_experiment`: the YAML (merged into its `base_hparams`, if any) with the
+   overrides, and the experiment folder;
+2. `prepare(data_folder=..., save_folder=<manifest_folder>, skip_prep=...,
+   **prepare_options)`: the corpus manifests (SpeechBrain's prepare convention; the
+   YAML's `prepare_options` hold the corpus extras, e.g. `sample_rate`, a tokenizer);
+3. `prepare_pretrained`: the transformer every mode starts from, written once
+   (`source_hub`: a hub id or local folder; or a random model from `source_config`);
+4. `make_datasets(hparams) -> {split: DynamicItemDataset}` (`speech_data`,
+   `text_data`);
+5. `run`: the CALDBrain fitted, the best checkpoint tested, `test_metrics.json`
+   written and the best model exported (HF folder + inference folder).
 
 Training length is counted in optimizer steps: one SpeechBrain "epoch" is
 `eval_every_steps` batches drawn by `StepBatchSampler`, so dev evaluation and
@@ -26,19 +33,16 @@ import speechbrain as sb
 import torch
 import transformers
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.dataio.sampler import DynamicBatchSampler, ReproducibleRandomSampler
-from speechbrain.utils.data_pipeline import DynamicItem
 
-from speechbrain_cald import dataprep, inference, speech_input
-from speechbrain_cald.audio import read_audio
+from speechbrain_cald import inference, schedulers, speech_input
 from speechbrain_cald.brain import CALDBrain
 from speechbrain_cald.resumable import unwrapped
+from speechbrain_cald.speech_data import label_encoder_file
 from speechbrain_cald.tasks import SpeechTask
 
 logger = logging.getLogger(__name__)
-SPLITS = ("train", "dev", "test")
 METRICS_FILE = "test_metrics.json"
 BASE_KEY = "base_hparams"  # a corpus YAML's base recipe YAML
 MERGED_HPARAMS_FILE = "hparams_merged.yaml"  # a based YAML merged, before overrides
@@ -91,117 +95,6 @@ def prepare_pretrained(
     task.save(folder, model, task.make_heads(model.config))
     logger.info("Starting transformer written to %s", folder)
     return folder
-
-
-def audio_pipeline(sample_rate=16000):
-    """Dynamic item `wav` -> `sig`: mono float32 at `sample_rate`, read by
-    `speechbrain_cald.audio.read_audio` (as the inference interfaces read files)."""
-
-    @sb.utils.data_pipeline.takes("wav")
-    @sb.utils.data_pipeline.provides("sig")
-    def read(wav):
-        return torch.from_numpy(read_audio(wav, sample_rate))
-
-    return read
-
-
-def label_pipelines(label_columns, train_csv, encoder_folder, num_classes):
-    """One dynamic item per head: manifest column -> class index (batch key = head).
-
-    label_columns: {head: manifest column}. Each encoder is built from the train
-    manifest and saved as `<encoder_folder>/<head>_encoder.txt` (reloaded when
-    present, so dev/test and later inference use the same indices); it must fit in
-    the head's `num_classes[head]` outputs. The raw column is read as `<head>_label`
-    (see `load_datasets`). Each item's `row_check` screens dev/test rows for labels
-    the encoder has not seen.
-    """
-    rows = dataprep.read_csv_manifest(train_csv)  # rows with a missing label are screened
-    items = []
-    for head, column in label_columns.items():
-        encoder = CategoricalEncoder()
-        encoder.load_or_create(
-            label_encoder_file(encoder_folder, head),
-            from_iterables=[[row[column] for row in rows if row.get(column)]],
-        )
-        if len(encoder) > num_classes[head]:
-            raise ValueError(
-                f"{len(encoder)} {head} labels in {train_csv}, but the head has "
-                f"{num_classes[head]} outputs"
-            )
-        item = DynamicItem([f"{head}_label"], encoder.encode_label, [head])
-        item.row_check = dataprep.label_row_check(column, list(encoder.lab2ind))
-        items.append(item)
-    return items
-
-
-def char_pipeline(vocab, column, word_delimiter="|", unk="<unk>"):
-    """Dynamic item transcript column -> `words` (str) and `tokens` (char indices).
-
-    Spaces become `word_delimiter`; characters outside `vocab` become `unk` (rows
-    holding any are screened out first by the item's `row_check`, see `load_datasets`).
-    """
-    index = {token: i for i, token in enumerate(vocab)}
-
-    @sb.utils.data_pipeline.takes(column)
-    @sb.utils.data_pipeline.provides("words", "tokens")
-    def encode(text):
-        words = " ".join(text.split())
-        yield words
-        chars = words.replace(" ", word_delimiter)
-        yield torch.LongTensor([index.get(c, index[unk]) for c in chars])
-
-    encode.row_check = dataprep.vocab_row_check(column, vocab, word_delimiter)
-    return encode
-
-
-def classification_items(hparams, manifests):
-    """Dynamic items and output keys of an utterance-classification recipe
-    (`label_columns`, `num_classes` from the YAML)."""
-    labels = label_pipelines(
-        hparams["label_columns"],
-        manifests["train"],
-        hparams["save_folder"],
-        hparams["num_classes"],
-    )
-    items = [audio_pipeline(hparams["sample_rate"]), *labels]
-    return items, ["id", "sig", *hparams["label_columns"]]
-
-
-def load_datasets(
-    manifests,
-    items,
-    output_keys,
-    label_columns=None,
-    max_duration=None,
-    bad_data="skip",
-    min_duration=0.0,
-):
-    """`{split: DynamicItemDataset}` from the prepare step's `{split: csv}`.
-
-    items: dynamic items (functions or `add_dynamic_item` dicts). Label columns are
-    renamed `<head>_label` so the encoded label can take the head's name. Training
-    utterances longer than `max_duration` seconds are dropped; dev and test are
-    sorted by duration (evaluation batches of similar lengths). Before that, every
-    row is screened (`dataprep.load_manifest`): missing fields, unreadable / empty /
-    shorter than `min_duration` audio, and the items' `row_check`s (characters
-    outside the vocabulary, labels unseen in training); `bad_data` = "skip" drops
-    such rows with counted warnings, "error" stops naming the file, line and ID.
-    """
-    checks = [dataprep.audio_row_check(min_duration)]
-    checks += [item.row_check for item in items if hasattr(item, "row_check")]
-    datasets = {}
-    for split in SPLITS:
-        data = dataprep.load_manifest(manifests[split], checks, bad_data)
-        for row in data.values():
-            for head, column in (label_columns or {}).items():
-                row[f"{head}_label"] = row.pop(column)
-        dataset = DynamicItemDataset(data, items, output_keys)
-        if split == "train" and max_duration:
-            dataset = dataset.filtered_sorted(key_max_value={"duration": max_duration})
-        elif split != "train":  # evaluation batches of similar lengths: little padding
-            dataset = dataset.filtered_sorted(sort_key="duration")
-        datasets[split] = dataset
-    return datasets
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -258,7 +151,7 @@ def train_batch_sampler(train_set, hparams):
     return StepBatchSampler(sampler, steps) if steps else sampler
 
 
-def run(hparams, run_opts, datasets, tokenizer=None):
+def run(hparams, run_opts, datasets):
     """Build the CALDBrain, fit, test the best checkpoint, write metrics, export.
 
     Writes `<output_folder>/test_metrics.json` (test stats and the step reached),
@@ -294,7 +187,7 @@ def run(hparams, run_opts, datasets, tokenizer=None):
     stats = {**brain.last_stage_stats, "step": brain.optimizer_step}
     write_test_files(brain, hparams["output_folder"], stats)
     brain.export(hparams["export_folder"])
-    export_inference(brain, hparams, tokenizer)
+    export_inference(brain, hparams)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()  # torchrun: every process done, then leave cleanly
         torch.distributed.destroy_process_group()
@@ -311,13 +204,8 @@ def write_test_files(brain, folder, stats):
             metric.write_stats(f)
 
 
-def label_encoder_file(folder, head):
-    """Where `label_pipelines` keeps the label encoder of `head`."""
-    return os.path.join(folder, f"{head}_encoder.txt")
-
-
 @sb.utils.distributed.main_process_only
-def export_inference(brain, hparams, tokenizer=None):
+def export_inference(brain, hparams):
     """The best model (loaded by the test stage) as a `speechbrain_cald.inference`
     folder in `<output_folder>/inference` (or the YAML's `inference_folder`): the heads
     with the label encoders of `label_pipelines`, the CTC vocabulary of the task, or
@@ -335,7 +223,7 @@ def export_inference(brain, hparams, tokenizer=None):
         unwrapped(brain.modules.student),  # the bare modules under DDP
         unwrapped(brain.heads),
         label_encoders=label_encoders,
-        tokenizer=tokenizer,
+        tokenizer=hparams.get("tokenizer"),
         sample_rate=hparams.get("sample_rate", 16000),
     )
     logger.info("Inference folder written to %s", folder)
@@ -395,13 +283,13 @@ def setup_experiment(argv=None):
     return hparams, run_opts
 
 
-def main(prepare, dataset_items, argv=None):
-    """`python train.py hparams/<file>.yaml [--key value ...]` for one speech recipe.
+def main(prepare, make_datasets, argv=None):
+    """`python train.py hparams/<file>.yaml [--key value ...]` for one recipe.
 
-    prepare: the corpus prepare function (data_folder, save_folder, skip_prep,
-    sample_rate, plus the YAML's `prepare_options` if any) writing
-    `<manifest_folder>/{train,dev,test}.csv`.
-    dataset_items: (hparams, {split: csv}) -> (dynamic items, output keys).
+    prepare: the corpus prepare function, called as `prepare(data_folder=...,
+    save_folder=<manifest_folder>, skip_prep=..., **prepare_options)`.
+    make_datasets: hparams -> `{split: DynamicItemDataset}` (train, dev, test).
+    Returns the test stats.
     """
     hparams, run_opts = setup_experiment(argv)
     sb.utils.distributed.run_on_main(
@@ -410,31 +298,21 @@ def main(prepare, dataset_items, argv=None):
             "data_folder": hparams["data_folder"],
             "save_folder": hparams["manifest_folder"],
             "skip_prep": hparams["skip_prep"],
-            "sample_rate": hparams["sample_rate"],
-            **(hparams.get("prepare_options") or {}),  # corpus-specific prepare options
+            **(hparams.get("prepare_options") or {}),
         },
     )
     sb.utils.distributed.run_on_main(
         prepare_pretrained,
         args=[hparams["task"], hparams["pretrained_folder"]],
         kwargs={
-            "hub": hparams["wav2vec2_hub"],
-            "config": hparams["wav2vec2_config"],
-            "overrides": hparams["wav2vec2_overrides"],
+            "hub": hparams["source_hub"],
+            "config": hparams.get("source_config"),
+            "overrides": hparams.get("source_overrides"),
             "seed": hparams["seed"],
             "feature_extractor": hparams.get("feature_extractor"),
-            "sample_rate": hparams["sample_rate"],
+            "sample_rate": hparams.get("sample_rate"),
         },
     )
-    manifests = {s: os.path.join(hparams["manifest_folder"], f"{s}.csv") for s in SPLITS}
-    items, output_keys = dataset_items(hparams, manifests)
-    datasets = load_datasets(
-        manifests,
-        items,
-        output_keys,
-        hparams.get("label_columns"),
-        hparams.get("max_duration"),
-        hparams.get("bad_data", "skip"),
-        hparams.get("min_duration", 0.0),
-    )
+    datasets = make_datasets(hparams)
+    schedulers.size_schedule(hparams, len(datasets["train"]))
     return run(hparams, run_opts, datasets)

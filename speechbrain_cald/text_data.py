@@ -1,0 +1,43 @@
+"""Text data pipelines of the recipes: JSON manifests (text may hold any character,
+which SpeechBrain's CSV reader would substitute) -> `DynamicItemDataset`s of token
+ids. The tokenizer is the source model's (the YAML's `tokenizer`); where a corpus
+has no labelled test set (GLUE), its prepare step writes dev as test.
+"""
+
+import json
+import os
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+
+from speechbrain_cald.dataprep import manifest_paths
+
+
+def write_manifest(path, rows):
+    """`{id: row}` as JSON (one manifest per split)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(rows, f, ensure_ascii=False)
+
+
+def load_datasets(hparams, items, output_keys):
+    """`{split: DynamicItemDataset}` from `<manifest_folder>/<split>.json`."""
+    datasets = {}
+    for split, path in manifest_paths(hparams, "json").items():
+        with open(path, encoding="utf-8") as f:
+            datasets[split] = DynamicItemDataset(json.load(f), items, output_keys)
+    return datasets
+
+
+def token_pipeline(tokenizer, columns, max_len):
+    """Dynamic item text column(s) -> `tokens` (ids with the tokenizer's special
+    tokens; a second column makes a sentence pair), cut to `max_len` tokens."""
+
+    @sb.utils.data_pipeline.takes(*columns)
+    @sb.utils.data_pipeline.provides("tokens")
+    def encode(*texts):
+        ids = tokenizer(*texts, truncation=True, max_length=max_len)["input_ids"]
+        return torch.LongTensor(ids)
+
+    return encode
