@@ -23,29 +23,19 @@ working memory is one chunk's; the converted (linear) encoder then runs on the w
 sequence in one pass.
 """
 
-import json
 import os
 import tempfile
 
-import tokenizers
 import torch
 import transformers
-from speechbrain.dataio.encoder import CategoricalEncoder, CTCTextEncoder
 from speechbrain.inference.ASR import EncoderASR
 from speechbrain.inference.interfaces import Pretrained
-from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
-from speechbrain_cald import conversion
+from speechbrain_cald import conversion, hyperyaml
 from speechbrain_cald.audio import read_audio
 from speechbrain_cald.feature_encoder import CHUNK_FRAMES
 from speechbrain_cald.masks import lengths_to_mask, masked_mean
 from speechbrain_cald.speech_input import speech_model_forward
-from speechbrain_cald.tasks import (
-    CTCASR,
-    CausalLM,
-    SequenceClassification,
-    UtteranceClassification,
-)
 
 HPARAMS_FILE = "hyperparams.yaml"
 # Peak amplitude (full scale 1.0) at or below which a file counts as silent.
@@ -144,54 +134,6 @@ class SpeechClassifier(CheckedAudioMixin, Pretrained):
         return self.classify_batch(self.load_audio(path), head=head)
 
 
-def _label_encoder(labels, size):
-    """A new CategoricalEncoder of exactly `size` labels from a CategoricalEncoder or
-    a list of labels (index = position).
-
-    A head may have more outputs than its training set had labels (the recipes size
-    heads for the full corpus): the unused outputs get the labels ``<unused_i>``, so
-    that the interface's ``expect_len`` check holds and every index decodes.
-    """
-    if isinstance(labels, CategoricalEncoder):
-        labels = [labels.ind2lab[i] for i in range(len(labels))]
-    labels = list(labels)
-    if len(labels) > size:
-        raise ValueError(f"{len(labels)} labels for a head with {size} outputs")
-    encoder = CategoricalEncoder()
-    for label in labels + [f"<unused_{i}>" for i in range(len(labels), size)]:
-        encoder.add_label(label)
-    return encoder
-
-
-@register_checkpoint_hooks
-class TextTokenizer:
-    """A `tokenizers.Tokenizer` (tokenizer.json) that the Pretrainer can load.
-
-    encode(texts) -> (ids (batch, tokens) right-padded with `pad_id`, relative lengths).
-    """
-
-    def __init__(self, pad_id=0, tokenizer=None):
-        self.pad_id = pad_id
-        self.tokenizer = tokenizer
-
-    def encode(self, texts):
-        seqs = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
-        longest = max(len(seq) for seq in seqs)
-        ids = torch.tensor([seq + [self.pad_id] * (longest - len(seq)) for seq in seqs])
-        return ids, torch.tensor([len(seq) / longest for seq in seqs])
-
-    def decode(self, ids):
-        return self.tokenizer.decode(list(ids))
-
-    @mark_as_saver
-    def save(self, path):
-        self.tokenizer.save(str(path))
-
-    @mark_as_loader
-    def load(self, path, end_of_epoch=False):
-        self.tokenizer = tokenizers.Tokenizer.from_file(str(path))
-
-
 class TextModel(torch.nn.Module):
     """HF text model for inference: (ids, relative lengths) -> logits (no KV cache)."""
 
@@ -249,83 +191,8 @@ class TextGenerator(Pretrained):
         return self.hparams.tokenizer.decode(new)
 
 
-# Task writers: write the task's files (beside the model's) and return (SpeechEncoder
-# output or None for text, interface name, Pretrainer loadables {name: hparam ref},
-# hyperparams.yaml lines).
-
-
-def _asr_yaml(folder, task, **_):
-    """CTC vocabulary as a CTCTextEncoder (word delimiter -> space), greedy decoding."""
-    tokenizer = CTCTextEncoder()
-    for token in task.vocab:
-        tokenizer.add_label(" " if token == task.word_delimiter else token)
-    tokenizer.save(os.path.join(folder, "tokenizer.ckpt"))
-    return (
-        "log_probs",
-        "ASR",
-        {"tokenizer": "tokenizer"},
-        [
-            "tokenizer: !new:speechbrain.dataio.encoder.CTCTextEncoder",
-            "decoding_function: !name:speechbrain.decoders.ctc_greedy_decode",
-            f"    blank_id: {task.blank_index}",
-        ],
-    )
-
-
-def _classifier_yaml(folder, task, model, heads, label_encoders, **_):
-    """Heads (rebuilt by UtteranceClassification.make_heads) and one label encoder each."""
-    torch.save(heads.state_dict(), os.path.join(folder, "heads.ckpt"))
-    for name, size in task.head_sizes.items():
-        _label_encoder(label_encoders[name], size).save(
-            os.path.join(folder, f"label_encoder_{name}.ckpt")
-        )
-    return (
-        "pooled",
-        "SpeechClassifier",
-        {
-            "heads": "heads",
-            **{f"label_encoder_{k}": f"label_encoders[{k}]" for k in task.head_sizes},
-        },
-        [
-            "heads: !apply:speechbrain_cald.tasks.UtteranceClassification.make_heads",
-            "    - !new:speechbrain_cald.tasks.UtteranceClassification",
-            f"        heads: {json.dumps(task.head_sizes)}",
-            f"    - !new:types.SimpleNamespace {{hidden_size: {model.config.hidden_size}}}",
-            "label_encoders:",
-            *[
-                f"    {k}: !new:speechbrain.dataio.encoder.CategoricalEncoder"
-                for k in task.head_sizes
-            ],
-        ],
-    )
-
-
-def _text_yaml(folder, task, model, label_encoders, tokenizer, **_):
-    """tokenizer.json (+ the label encoder of a sequence classifier)."""
-    tokenizer = getattr(tokenizer, "backend_tokenizer", tokenizer)  # HF fast tokenizer
-    pad_id = model.config.pad_token_id or 0
-    TextTokenizer(pad_id, tokenizer).save(os.path.join(folder, "tokenizer.ckpt"))
-    lines = ["tokenizer: !new:speechbrain_cald.inference.TextTokenizer", f"    pad_id: {pad_id}"]
-    loadables = {"tokenizer": "tokenizer"}
-    if isinstance(task, CausalLM):
-        return None, "TextGenerator", loadables, lines
-    labels = label_encoders or [str(i) for i in range(model.config.num_labels)]
-    _label_encoder(labels, model.config.num_labels).save(os.path.join(folder, "label_encoder.ckpt"))
-    lines.append("label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder")
-    return (
-        None,
-        "TextClassifier",
-        {**loadables, "label_encoder": "label_encoder"},
-        lines,
-    )
-
-
-_WRITERS = {
-    CTCASR: _asr_yaml,
-    UtteranceClassification: _classifier_yaml,
-    SequenceClassification: _text_yaml,
-    CausalLM: _text_yaml,
-}
+# The interface classes an exported folder may name (its `interface` entry).
+INTERFACES = {cls.__name__: cls for cls in (ASR, SpeechClassifier, TextClassifier, TextGenerator)}
 
 
 def export_inference_folder(
@@ -342,14 +209,14 @@ def export_inference_folder(
 
     Arguments:
         folder: output folder (created).
-        task: the `CTCASR`, `UtteranceClassification`, `SequenceClassification` or
-            `CausalLM` the model was trained for.
+        task: the task the model was trained for (`tasks.Task`); it writes its own
+            files and says which interface loads the folder (`Task.export_inference`).
         model: the HF model (CALD student or transformer), e.g. ``brain.modules.model``.
         heads: the task's heads (UtteranceClassification).
         label_encoders: UtteranceClassification: {head: CategoricalEncoder or list of
             labels in index order, padded with "<unused_i>" to the head size};
-            SequenceClassification: one of these (default:
-            "0".."n-1"); CTCASR: unused (the vocabulary is ``task.vocab``).
+            SequenceClassification: one of these (default: "0".."n-1"); CTCASR:
+            unused (the vocabulary is ``task.vocab``).
         tokenizer: text tasks: an HF fast tokenizer or a `tokenizers.Tokenizer`.
         sample_rate: speech: the model's input rate; other rates are resampled on load.
         chunk_frames: speech: CNN feature chunk (None: whole waveform).
@@ -357,57 +224,55 @@ def export_inference_folder(
     Returns the path of the written ``hyperparams.yaml``; `load_inference_folder`
     loads it with the interface named in its ``interface`` entry.
     """
-    model = getattr(model, "module", model)  # DDP / DataParallel wrapper
-    writer = _WRITERS.get(type(task))
-    if writer is None:
-        raise ValueError(f"no inference export for task {type(task).__name__}")
     os.makedirs(folder, exist_ok=True)
-    output, interface, loadables, task_lines = writer(
-        folder=folder,
-        task=task,
-        model=model,
-        heads=heads,
-        label_encoders=label_encoders,
-        tokenizer=tokenizer,
-    )
-    if output:  # speech
-        modules = ["encoder", *(["heads"] if "heads" in loadables else [])]
-        model_lines = [
-            f"sample_rate: {sample_rate}",
-            "audio_normalizer: !new:speechbrain_cald.audio.AudioReader",
-            "    sample_rate: !ref <sample_rate>",
-            "encoder: !new:speechbrain_cald.inference.SpeechEncoder",
-            f"    output: {output}",
-            f"    chunk_frames: {'null' if chunk_frames is None else chunk_frames}",
-        ]
+    export = task.export_inference(folder, model, heads, label_encoders, tokenizer)
+    config = {**model.config.to_dict(), "architectures": [type(model).__name__]}
+    if export.output:  # speech: waveforms in, through the audio path of training
+        module = "encoder"
+        entries = {
+            "sample_rate": sample_rate,
+            "audio_normalizer": hyperyaml.new(
+                "speechbrain_cald.audio.AudioReader", sample_rate=hyperyaml.ref("sample_rate")
+            ),
+            module: hyperyaml.new(
+                "speechbrain_cald.inference.SpeechEncoder",
+                output=export.output,
+                chunk_frames=chunk_frames,
+                config=config,
+            ),
+        }
     else:
-        modules = ["model"]
-        model_lines = ["model: !new:speechbrain_cald.inference.TextModel"]
+        module = "model"
+        entries = {module: hyperyaml.new("speechbrain_cald.inference.TextModel", config=config)}
     # The wrapper holds the HF model as `.model`; the Pretrainer reads <name>.ckpt.
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    config = {**model.config.to_dict(), "architectures": [type(model).__name__]}
-    torch.save(state, os.path.join(folder, f"{modules[0]}.ckpt"))
-    lines = [
-        "# Exported by speechbrain_cald.inference.export_inference_folder",
-        f"interface: {interface}  # the speechbrain_cald.inference class that loads it",
-        *model_lines,
-        f"    config: {json.dumps(config)}",
-        *task_lines,
-        "modules:",
-        *[f"    {m}: !ref <{m}>" for m in modules],
-        "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
-        "    loadables:",
-        *[f"        {k}: !ref <{v}>" for k, v in {modules[0]: modules[0], **loadables}.items()],
-    ]
+    torch.save(state, os.path.join(folder, f"{module}.ckpt"))
+    modules = [module, *export.modules]
+    loadables = {module: module, **export.loadables}
+    document = {
+        "interface": export.interface,
+        **entries,
+        **export.entries,
+        "modules": {m: hyperyaml.ref(m) for m in modules},
+        "pretrainer": hyperyaml.new(
+            "speechbrain.utils.parameter_transfer.Pretrainer",
+            loadables={k: hyperyaml.ref(v) for k, v in loadables.items()},
+        ),
+    }
     path = os.path.join(folder, HPARAMS_FILE)
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    hyperyaml.dump(
+        document,
+        path,
+        header="Exported by speechbrain_cald.inference.export_inference_folder; "
+        "`interface` names the speechbrain_cald.inference class that loads it",
+    )
     return path
 
 
 def load_inference_folder(folder, savedir=None, device="cpu"):
     """The interface (ASR, SpeechClassifier, ...) an exported folder was written for."""
-    with open(os.path.join(folder, HPARAMS_FILE)) as f:
-        name = next(line for line in f if line.startswith("interface:")).split()[1]
+    name = hyperyaml.load_value(os.path.join(folder, HPARAMS_FILE), "interface")
     savedir = savedir or tempfile.mkdtemp(prefix="cald_inference_")
-    return globals()[name].from_hparams(source=folder, savedir=savedir, run_opts={"device": device})
+    return INTERFACES[name].from_hparams(
+        source=folder, savedir=savedir, run_opts={"device": device}
+    )

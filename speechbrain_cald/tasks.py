@@ -9,16 +9,18 @@ Speech input: ``sig`` = (wavs (batch, samples), relative lengths). Text input:
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 import transformers
 from speechbrain.dataio.batch import PaddedData
+from speechbrain.dataio.encoder import CategoricalEncoder, CTCTextEncoder
 from speechbrain.utils.metric_stats import ErrorRateStats, MetricStats
 
-from speechbrain_cald import conversion, speech_input
+from speechbrain_cald import conversion, hyperyaml, speech_input
 from speechbrain_cald.masks import lengths_to_mask, masked_mean
+from speechbrain_cald.text_data import TextTokenizer
 
 HEADS_FILE = "heads.pt"
 
@@ -38,6 +40,51 @@ class TaskOutputs:
     hidden_states: tuple
     mask: torch.Tensor
     logits_mask: torch.Tensor = None
+
+
+@dataclass
+class InferenceExport:
+    """What a task adds to an exported inference folder (`inference.export_inference_folder`).
+
+    interface: the `speechbrain_cald.inference` class that loads the folder.
+    output: speech: what `inference.SpeechEncoder` returns ("log_probs" per frame or
+        "pooled" per utterance); None for text models.
+    entries: hyperparams.yaml entries (`hyperyaml` nodes) beside the model's.
+    loadables: Pretrainer loadables {file stem: hyperparams path}.
+    modules: interface modules beyond the model (e.g. "heads").
+    """
+
+    interface: str
+    output: str | None
+    entries: dict = field(default_factory=dict)
+    loadables: dict = field(default_factory=dict)
+    modules: tuple = ()
+
+
+def padded_label_encoder(labels, size):
+    """A new CategoricalEncoder of exactly `size` labels from a CategoricalEncoder or
+    a list of labels (index = position).
+
+    A head may have more outputs than its training set had labels (the recipes size
+    heads for the full corpus): the unused outputs get the labels ``<unused_i>``, so
+    that the interface's ``expect_len`` check holds and every index decodes.
+    """
+    if isinstance(labels, CategoricalEncoder):
+        labels = [labels.ind2lab[i] for i in range(len(labels))]
+    labels = list(labels)
+    if len(labels) > size:
+        raise ValueError(f"{len(labels)} labels for a head with {size} outputs")
+    encoder = CategoricalEncoder()
+    for label in labels + [f"<unused_{i}>" for i in range(len(labels), size)]:
+        encoder.add_label(label)
+    return encoder
+
+
+def classification_heads(head_sizes, hidden_size):
+    """One linear head per label on the pooled hidden state: {name: Linear}."""
+    return torch.nn.ModuleDict(
+        {name: torch.nn.Linear(hidden_size, n) for name, n in head_sizes.items()}
+    )
 
 
 def _labels(batch, key):
@@ -106,6 +153,11 @@ class Task:
     def summarize(self, metrics):
         """Stage metric values as a dict of floats."""
         raise NotImplementedError
+
+    def export_inference(self, folder, model, heads=None, label_encoders=None, tokenizer=None):
+        """Write the task's files of an inference folder (vocabulary, heads, label
+        encoders, tokenizer) into `folder`; returns its `InferenceExport`."""
+        raise NotImplementedError(f"no inference export for {type(self).__name__}")
 
     @staticmethod
     def text_forward(model, batch):
@@ -194,6 +246,24 @@ class CTCASR(SpeechTask):
     def summarize(self, metrics):
         return {name: stats.summarize("error_rate") for name, stats in metrics.items()}
 
+    def export_inference(self, folder, model, heads=None, label_encoders=None, tokenizer=None):
+        """The CTC vocabulary (word delimiter -> space) and greedy decoding."""
+        encoder = CTCTextEncoder()
+        for token in self.vocab:
+            encoder.add_label(" " if token == self.word_delimiter else token)
+        encoder.save(os.path.join(folder, "tokenizer.ckpt"))
+        return InferenceExport(
+            interface="ASR",
+            output="log_probs",
+            entries={
+                "tokenizer": hyperyaml.new("speechbrain.dataio.encoder.CTCTextEncoder"),
+                "decoding_function": hyperyaml.name(
+                    "speechbrain.decoders.ctc_greedy_decode", blank_id=self.blank_index
+                ),
+            },
+            loadables={"tokenizer": "tokenizer"},
+        )
+
 
 class UtteranceClassification(SpeechTask):
     """Masked mean pooling of the last hidden state -> one linear head per label.
@@ -209,9 +279,7 @@ class UtteranceClassification(SpeechTask):
         self.freeze_feature_encoder = freeze_feature_encoder
 
     def make_heads(self, config):
-        return torch.nn.ModuleDict(
-            {k: torch.nn.Linear(config.hidden_size, n) for k, n in self.head_sizes.items()}
-        )
+        return classification_heads(self.head_sizes, config.hidden_size)
 
     def forward(self, model, batch, stage, heads=None):
         out, mask = self.speech_forward(model, batch)
@@ -243,6 +311,42 @@ class UtteranceClassification(SpeechTask):
             "joint_acc": metrics["joint"].summarize("average"),
         }
 
+    def export_inference(self, folder, model, heads=None, label_encoders=None, tokenizer=None):
+        """The heads and one label encoder per head (padded to the head's size)."""
+        torch.save(heads.state_dict(), os.path.join(folder, "heads.ckpt"))
+        for name, size in self.head_sizes.items():
+            padded_label_encoder(label_encoders[name], size).save(
+                os.path.join(folder, f"label_encoder_{name}.ckpt")
+            )
+        categorical = "speechbrain.dataio.encoder.CategoricalEncoder"
+        return InferenceExport(
+            interface="SpeechClassifier",
+            output="pooled",
+            entries={
+                "heads": hyperyaml.apply(
+                    "speechbrain_cald.tasks.classification_heads",
+                    head_sizes=dict(self.head_sizes),
+                    hidden_size=model.config.hidden_size,
+                ),
+                "label_encoders": {k: hyperyaml.new(categorical) for k in self.head_sizes},
+            },
+            loadables={
+                "heads": "heads",
+                **{f"label_encoder_{k}": f"label_encoders[{k}]" for k in self.head_sizes},
+            },
+            modules=("heads",),
+        )
+
+
+def _export_text_tokenizer(folder, model, tokenizer):
+    """tokenizer.json of an HF fast tokenizer (or a `tokenizers.Tokenizer`) as the
+    folder's `TextTokenizer`; returns (entries, loadables)."""
+    tokenizer = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    pad_id = model.config.pad_token_id or 0
+    TextTokenizer(pad_id, tokenizer).save(os.path.join(folder, "tokenizer.ckpt"))
+    node = hyperyaml.new("speechbrain_cald.text_data.TextTokenizer", pad_id=pad_id)
+    return {"tokenizer": node}, {"tokenizer": "tokenizer"}
+
 
 class SequenceClassification(Task):
     """Text classification with an HF ``*ForSequenceClassification`` model.
@@ -267,6 +371,16 @@ class SequenceClassification(Task):
 
     def summarize(self, metrics):
         return {"acc": metrics["acc"].summarize("average")}
+
+    def export_inference(self, folder, model, heads=None, label_encoders=None, tokenizer=None):
+        """The tokenizer and the label encoder (default labels "0".."n-1")."""
+        entries, loadables = _export_text_tokenizer(folder, model, tokenizer)
+        n = model.config.num_labels
+        labels = label_encoders or [str(i) for i in range(n)]
+        padded_label_encoder(labels, n).save(os.path.join(folder, "label_encoder.ckpt"))
+        entries["label_encoder"] = hyperyaml.new("speechbrain.dataio.encoder.CategoricalEncoder")
+        loadables["label_encoder"] = "label_encoder"
+        return InferenceExport("TextClassifier", None, entries, loadables)
 
 
 class PerplexityStats:
@@ -323,3 +437,9 @@ class CausalLM(Task):
 
     def summarize(self, metrics):
         return {"ppl": metrics["ppl"].summarize()}
+
+    def export_inference(self, folder, model, heads=None, label_encoders=None, tokenizer=None):
+        """The tokenizer."""
+        return InferenceExport(
+            "TextGenerator", None, *_export_text_tokenizer(folder, model, tokenizer)
+        )

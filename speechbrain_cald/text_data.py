@@ -2,14 +2,17 @@
 which SpeechBrain's CSV reader would substitute) -> `DynamicItemDataset`s of token
 ids. The tokenizer is the source model's (the YAML's `tokenizer`); where a corpus
 has no labelled test set (GLUE), its prepare step writes dev as test.
+`TextTokenizer` is the tokenizer of exported inference folders.
 """
 
 import json
 import os
 
 import speechbrain as sb
+import tokenizers
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
 from speechbrain_cald.dataprep import manifest_paths
 
@@ -41,3 +44,32 @@ def token_pipeline(tokenizer, columns, max_len):
         return torch.LongTensor(ids)
 
     return encode
+
+
+@register_checkpoint_hooks
+class TextTokenizer:
+    """A `tokenizers.Tokenizer` (tokenizer.json) that the Pretrainer can load.
+
+    encode(texts) -> (ids (batch, tokens) right-padded with `pad_id`, relative lengths).
+    """
+
+    def __init__(self, pad_id=0, tokenizer=None):
+        self.pad_id = pad_id
+        self.tokenizer = tokenizer
+
+    def encode(self, texts):
+        seqs = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        longest = max(len(seq) for seq in seqs)
+        ids = torch.tensor([seq + [self.pad_id] * (longest - len(seq)) for seq in seqs])
+        return ids, torch.tensor([len(seq) / longest for seq in seqs])
+
+    def decode(self, ids):
+        return self.tokenizer.decode(list(ids))
+
+    @mark_as_saver
+    def save(self, path):
+        self.tokenizer.save(str(path))
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch=False):
+        self.tokenizer = tokenizers.Tokenizer.from_file(str(path))
