@@ -25,6 +25,7 @@ setup(
         "speechbrain_cald.conversion.families",
         "speechbrain_cald.guidance",
         "speechbrain_cald.lobes",
+        "speechbrain_cald.models",
     ],
     package_dir={"speechbrain_cald": "speechbrain_cald", "speechbrain_cald.lobes": "lobes"},
     install_requires=[

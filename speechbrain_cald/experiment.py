@@ -38,6 +38,7 @@ from speechbrain.dataio.sampler import DynamicBatchSampler, ReproducibleRandomSa
 
 from speechbrain_cald import inference, schedulers, speech_input
 from speechbrain_cald.brain import CALDBrain
+from speechbrain_cald.models import load_source
 from speechbrain_cald.resumable import unwrapped
 from speechbrain_cald.speech_data import label_encoder_file
 from speechbrain_cald.tasks import SpeechTask
@@ -81,7 +82,7 @@ def prepare_pretrained(
         hf_config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
         model = task.auto_class.from_config(hf_config)
     else:
-        model = task.auto_class.from_pretrained(hub, **overrides)
+        model = load_source(task.auto_class, hub, **overrides)
     if isinstance(task, SpeechTask):
         extractor = speech_input.feature_extractor_for(
             hub if feature_extractor is None else None, feature_extractor

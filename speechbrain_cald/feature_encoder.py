@@ -10,7 +10,8 @@ GroupNorm is applied with per-utterance statistics that come either from the who
 first-layer output (one piece) or, when chunking, from the first and second moments
 of the conv's input windows (`first_layer_statistics`, float64, no whole-waveform
 conv). Either way a padded utterance, whole or chunked, gives the frames it gives
-alone.
+alone. Data2Vec-Audio's stacked positional convolutions get their padding zeroed
+before every layer, for the same reason.
 """
 
 from contextlib import contextmanager
@@ -83,7 +84,42 @@ def _masked_group_norm(group_norm, h, n_valid):
 
 
 @contextmanager
+def _positional_convs_masked(model, sample_lengths):
+    """Data2Vec-Audio stacks several positional convolutions: each reads the padding the
+    previous one left non-zero (HF zeroes it before the first only). Zero it before
+    every layer, as for an utterance alone."""
+    encoder = getattr(model.base_model, "encoder", None)
+    layers = getattr(getattr(encoder, "pos_conv_embed", None), "layers", None)
+    if layers is None or sample_lengths is None:
+        yield
+        return
+    n_frames = model._get_feat_extract_output_lengths(sample_lengths)
+
+    def zero_padding(module, args):
+        hidden = args[0]  # (batch, channels, frames)
+        valid = counts_to_mask(n_frames.to(hidden.device), hidden.shape[-1]).unsqueeze(1)
+        return (hidden * valid.to(hidden.dtype), *args[1:])
+
+    handles = [layer.register_forward_pre_hook(zero_padding) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def exact_feature_encoder(model, sample_lengths=None, chunk_frames=None, progress=False):
+    """Within the block, `model`'s front end (CNN feature encoder, positional
+    convolutions) treats each utterance of a right-padded batch as if it were alone
+    (`_exact_cnn`, `_positional_convs_masked`); see `_exact_cnn` for `chunk_frames`."""
+    with _positional_convs_masked(model, sample_lengths):
+        with _exact_cnn(model, sample_lengths, chunk_frames, progress):
+            yield
+
+
+@contextmanager
+def _exact_cnn(model, sample_lengths=None, chunk_frames=None, progress=False):
     """Within the block, `model`'s CNN feature encoder treats each utterance of a
     right-padded batch as if it were alone: sample_lengths `(batch,)` holds the
     number of valid samples of each row (None: no padding). With `chunk_frames`, the
@@ -96,10 +132,11 @@ def exact_feature_encoder(model, sample_lengths=None, chunk_frames=None, progres
     each equals the whole-waveform frame up to float rounding.
     """
     config = model.config
-    if config.feat_extract_norm not in ("layer", "group"):
-        raise ValueError(f"unknown feat_extract_norm {config.feat_extract_norm!r}")
+    norm = getattr(config, "feat_extract_norm", "layer")  # Data2Vec-Audio: LayerNorm only
+    if norm not in ("layer", "group"):
+        raise ValueError(f"unknown feat_extract_norm {norm!r}")
     encoder = model.base_model.feature_extractor
-    group_norm = encoder.conv_layers[0].layer_norm if config.feat_extract_norm == "group" else None
+    group_norm = encoder.conv_layers[0].layer_norm if norm == "group" else None
     if group_norm is not None and group_norm.num_groups != group_norm.num_channels:
         raise ValueError(f"expected one GroupNorm group per channel, got {group_norm}")
     if chunk_frames is None and (group_norm is None or sample_lengths is None):

@@ -35,6 +35,7 @@ from speechbrain_cald import conversion, hyperyaml
 from speechbrain_cald.audio import read_audio
 from speechbrain_cald.feature_encoder import CHUNK_FRAMES
 from speechbrain_cald.masks import lengths_to_mask, masked_mean
+from speechbrain_cald.models import model_class
 from speechbrain_cald.speech_input import speech_model_forward
 
 HPARAMS_FILE = "hyperparams.yaml"
@@ -47,7 +48,7 @@ def _hf_model_from_config(config_dict):
     config = transformers.CONFIG_MAPPING[config_dict["model_type"]].from_dict(config_dict)
     if getattr(config, "cald_student", None):
         return conversion.build_student_from_config(config)
-    return getattr(transformers, config.architectures[0])(config)
+    return model_class(config.architectures[0])(config)
 
 
 class SpeechEncoder(torch.nn.Module):

@@ -3,20 +3,25 @@
 Files become waveforms in `speechbrain_cald.audio`; this module does the rest, the
 same way in training (`tasks`), inference (`inference.SpeechEncoder`) and analysis:
 
-1. the source model's own input normalisation, read from its HF feature extractor
-   config (``preprocessor_config.json``; wav2vec2's ``do_normalize``: per-utterance
-   zero mean, unit variance over the valid samples, padding 0). It is recorded in the
-   model's config under `FEATURE_EXTRACTOR_KEY` when the starting model is prepared,
-   so it travels with the weights into students, exports and inference folders;
-2. the CNN feature encoder made padding-exact (and chunked on request) by
-   `feature_encoder.exact_feature_encoder`;
+1. the source model's own input processing, read from its HF feature extractor
+   config (``preprocessor_config.json``): wav2vec2's ``do_normalize`` (per-utterance
+   zero mean, unit variance over the valid samples, padding 0) or Whisper's log-mel
+   features (per utterance). It is recorded in the model's config under
+   `FEATURE_EXTRACTOR_KEY` when the starting model is prepared, so it travels with
+   the weights into students, exports and inference folders;
+2. a wav2vec2-style CNN feature encoder made padding-exact (and chunked on request)
+   by `feature_encoder.exact_feature_encoder` (Whisper's encoder masks its own
+   convolutions, `models.whisper_encoder`);
 3. the model call with the sample mask, and the valid-frame mask of its outputs.
 """
+
+import contextlib
 
 import transformers
 
 from speechbrain_cald.feature_encoder import exact_feature_encoder
 from speechbrain_cald.masks import counts_to_mask, lengths_to_mask
+from speechbrain_cald.models.whisper_encoder import log_mel
 
 FEATURE_EXTRACTOR_KEY = "cald_feature_extractor"
 # What wav2vec2-style checkpoints expect (facebook/wav2vec2-base, -large-lv60):
@@ -91,29 +96,40 @@ def normalize_waveforms(wavs, lengths, eps=1e-7):
 
 
 def model_inputs(config, wavs, lengths):
-    """The input values the model expects for raw waveforms `(batch, samples)` with
-    `lengths` valid samples per row, per its recorded feature extractor."""
+    """The model's keyword inputs for raw waveforms `(batch, samples)` with `lengths`
+    valid samples per row, per its recorded feature extractor:
+    wav2vec2-style: `input_values` (normalised if `do_normalize`) + the sample mask;
+    Whisper: per-utterance log-mel `input_features` + the mel-frame mask."""
     extractor = feature_extractor_from_config(config)
+    if isinstance(extractor, transformers.WhisperFeatureExtractor):
+        features, frames = log_mel(wavs, lengths, extractor.mel_filters)
+        return {
+            "input_features": features,
+            "attention_mask": counts_to_mask(frames, features.shape[-1]).long(),
+        }
     if not isinstance(extractor, transformers.Wav2Vec2FeatureExtractor):
         raise ValueError(f"unsupported speech feature extractor {type(extractor).__name__}")
-    return normalize_waveforms(wavs, lengths) if extractor.do_normalize else wavs
+    values = normalize_waveforms(wavs, lengths) if extractor.do_normalize else wavs
+    return {"input_values": values, "attention_mask": counts_to_mask(lengths, wavs.shape[1]).long()}
 
 
 def speech_model_forward(model, wavs, rel_lens, chunk_frames=None, progress=False, **kwargs):
     """Run an HF speech model (transformer or CALD student) on raw waveforms.
 
     wavs `(batch, samples)` right-padded, rel_lens `(batch,)` SpeechBrain relative
-    lengths. The input is normalised as the model's feature extractor does, the CNN
-    runs padding-exact (in chunks of `chunk_frames` frames if set), and `kwargs` go
-    to the model (e.g. ``output_hidden_states=True``). Returns (HF output, valid-frame
-    mask `(batch, frames)` of its hidden states).
+    lengths. The input is prepared as the model's feature extractor does
+    (`model_inputs`), a wav2vec2-style CNN runs padding-exact (in chunks of
+    `chunk_frames` frames if set), and `kwargs` go to the model (e.g.
+    ``output_hidden_states=True``). Returns (HF output, valid-frame mask
+    `(batch, frames)` of its hidden states).
     """
-    sample_mask = lengths_to_mask(rel_lens, wavs.shape[1])
-    lengths = sample_mask.sum(1)
+    lengths = lengths_to_mask(rel_lens, wavs.shape[1]).sum(1)
     inputs = model_inputs(model.config, wavs, lengths)
-    with exact_feature_encoder(model, lengths, chunk_frames, progress):
-        out = model(inputs, attention_mask=sample_mask.long(), **kwargs)
+    exact = contextlib.nullcontext()
+    if "input_values" in inputs:  # the wav2vec2 family's CNN feature encoder
+        exact = exact_feature_encoder(model, lengths, chunk_frames, progress)
+    with exact:
+        out = model(**inputs, **kwargs)
     n_frames = model._get_feat_extract_output_lengths(lengths)
     hidden = out.hidden_states[-1] if kwargs.get("output_hidden_states") else out[0]
-    time = hidden.shape[1]
-    return out, counts_to_mask(n_frames, time)
+    return out, counts_to_mask(n_frames, hidden.shape[1])

@@ -13,12 +13,12 @@ import logging
 from collections.abc import Mapping
 
 import torch
-import transformers
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from speechbrain_cald.conversion.config import ConversionReport, StudentConfig
 from speechbrain_cald.conversion.registry import MIXERS, MixerSpec, SourceFamily, detect_family
+from speechbrain_cald.models import model_class
 
 logger = logging.getLogger(__name__)
 
@@ -174,17 +174,18 @@ def convert_to_student(
 def build_student_from_config(hf_config: PretrainedConfig) -> PreTrainedModel:
     """Random-weight student from a student config (`cald_student` + `architectures`).
 
-    Instantiates `transformers.<architectures[0]>` and converts it with the stored
-    StudentConfig (init "random": the weights are meant to be loaded afterwards). Lobe
-    parameters shared between layers come out shared again. `hf_config` is not modified.
+    Instantiates the class `architectures[0]` names (`models.model_class`) and
+    converts it with the stored StudentConfig (init "random": the weights are meant to
+    be loaded afterwards). Lobe parameters shared between layers come out shared
+    again. `hf_config` is not modified.
     """
     stored = getattr(hf_config, "cald_student", None)
     if stored is None:
         raise ValueError("this config has no 'cald_student' entry: it is not a CALD student")
     architectures = getattr(hf_config, "architectures", None) or []
-    model_cls = getattr(transformers, architectures[0], None) if architectures else None
-    if model_cls is None:
+    if not architectures:
         raise ValueError(f"cannot rebuild a student for config.architectures = {architectures!r}")
+    model_cls = model_class(architectures[0])
     hf_config = copy.deepcopy(hf_config)
     model = model_cls(hf_config)
     _convert_in_place(model, StudentConfig.from_dict({**stored, "init": "random"}))

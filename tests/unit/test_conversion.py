@@ -358,7 +358,7 @@ def test_sequence_classification_and_auto_mixer():
 
 def test_unknown_architecture_is_refused_by_name():
     gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50))
-    with pytest.raises(ValueError, match="GPT2Model.*supported: .*Wav2Vec2Model"):
+    with pytest.raises(ValueError, match="GPT2Model.*supported: .*Wav2Vec2, HuBERT"):
         convert_to_student(gpt2)
 
 

@@ -171,7 +171,8 @@ def test_training_and_inference_read_a_file_the_same_way(tmp_path, rate, channel
     assert torch.equal(ours, training) and torch.equal(stock, training)
     config = tiny_model("layer", False).config
     inputs = [
-        speech_input.model_inputs(config, x[None], torch.tensor([8000])) for x in (training, stock)
+        speech_input.model_inputs(config, x[None], torch.tensor([8000]))["input_values"]
+        for x in (training, stock)
     ]
     assert torch.equal(inputs[0], inputs[1])
 

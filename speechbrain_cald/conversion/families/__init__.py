@@ -1,3 +1,9 @@
 """Source-model families, one module each; importing this package registers them."""
 
-from speechbrain_cald.conversion.families import bert, gpt_neox, wav2vec2  # noqa: F401
+from speechbrain_cald.conversion.families import (  # noqa: F401
+    bert,
+    gpt_neox,
+    wav2vec2,
+    wavlm,
+    whisper,
+)

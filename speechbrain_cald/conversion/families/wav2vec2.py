@@ -1,5 +1,7 @@
-"""Wav2Vec2 (HF `Wav2Vec2Model`, `Wav2Vec2For*`): each encoder layer's `attention`
-(q/k/v/out projections) becomes a slot holding the mixer (bimamba2 by default).
+"""The wav2vec2 family: HF Wav2Vec2, HuBERT and Data2Vec-Audio (`*Model`, `*For*`),
+which share the encoder layout: each encoder layer's `attention` (q/k/v/out
+projections) becomes a slot holding the mixer (bimamba2 by default); the CNN feature
+encoder, feature projection, positional convolution, LayerNorms and FFNs are kept.
 
 The layers call `attention(hidden_states, attention_mask=4-D mask, ...)` and read
 `(output, weights)`; the slot turns the mask into the boolean valid-frame mask the
@@ -11,9 +13,12 @@ from speechbrain_cald.conversion.registry import SourceFamily, register_family
 
 class Wav2Vec2Family(SourceFamily):
     name = "wav2vec2"
-    description = "Wav2Vec2Model / Wav2Vec2For* (model_type 'wav2vec2')"
+    description = (
+        "Wav2Vec2, HuBERT, Data2Vec-Audio (*Model / *For*; model_type 'wav2vec2', "
+        "'hubert', 'data2vec-audio')"
+    )
     mixers = ("bimamba2",)
-    model_types = ("wav2vec2",)
+    model_types = ("wav2vec2", "hubert", "data2vec-audio")
 
     def matches(self, model):
         return getattr(getattr(model, "config", None), "model_type", None) in self.model_types

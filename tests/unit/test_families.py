@@ -1,0 +1,190 @@
+"""Source families beyond Wav2Vec2: HuBERT, WavLM, Data2Vec-Audio and Whisper's encoder.
+
+For each, on tiny random configs: conversion keeps every non-attention weight
+bit-identical; a padded utterance gives what it gives alone (teacher and student,
+1e-5 relative to the largest output); save / load round trip; export and reload
+through the inference interface. Whisper: its log-mel input equals HF's feature
+extractor on the same audio, and its positions continue past 30 s as sinusoids.
+"""
+
+import numpy as np
+import pytest
+import speechbrain as sb
+import torch
+import transformers
+from speechbrain.dataio.batch import PaddedBatch
+
+from speechbrain_cald import conversion, inference, speech_input
+from speechbrain_cald.models import load_source, whisper_encoder
+from speechbrain_cald.tasks import CTCASR, UtteranceClassification
+
+VOCAB = ["<blank>", "|", "a", "b", "c", "d", "e", "f"]
+MIXER = {"mixer_config": {"d_state": 7, "headdim": 8, "chunk_size": 16}}  # in_proj 48
+RTOL = 1e-5
+SMALL = dict(
+    hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+    conv_dim=(8, 8, 8), conv_stride=(5, 4, 4), conv_kernel=(10, 8, 4),
+    num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2, vocab_size=len(VOCAB),
+    hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+    feat_proj_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0, final_dropout=0.0,
+)  # fmt: skip
+
+
+def hf_ctc(kind):
+    """A tiny random *ForCTC of the family `kind`, with its input processing recorded."""
+    if kind == "whisper":
+        config = transformers.WhisperConfig(
+            d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32,
+            decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
+            max_source_positions=64, dropout=0.0, vocab_size=len(VOCAB), pad_token_id=0,
+        )  # fmt: skip
+        model = whisper_encoder.WhisperEncoderForCTC(
+            whisper_encoder.CALDWhisperEncoderConfig(**config.to_dict())
+        )
+        extractor = transformers.WhisperFeatureExtractor()
+    else:
+        config_cls, model_cls = {
+            "hubert": (transformers.HubertConfig, transformers.HubertForCTC),
+            "wavlm": (transformers.WavLMConfig, transformers.WavLMForCTC),
+            "data2vec-audio": (transformers.Data2VecAudioConfig, transformers.Data2VecAudioForCTC),
+        }[kind]
+        extra = {"num_buckets": 8, "max_bucket_distance": 20} if kind == "wavlm" else {}
+        model = model_cls(config_cls(**SMALL, **extra))
+        extractor = speech_input.feature_extractor_for()
+    return speech_input.attach_feature_extractor(model, extractor).eval()
+
+
+KINDS = ["hubert", "wavlm", "data2vec-audio", "whisper"]
+
+
+def outputs(model, signals):
+    """CTC logits of each utterance (valid frames only) from one padded batch."""
+    batch = PaddedBatch([{"id": str(i), "sig": s} for i, s in enumerate(signals)])
+    with torch.no_grad():
+        out = CTCASR(VOCAB).forward(model, batch, sb.Stage.TEST)
+    return [out.logits[i, : int(out.mask[i].sum())] for i in range(len(signals))]
+
+
+def assert_close(actual, expected):
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=RTOL, atol=RTOL * scale)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_conversion_keeps_every_non_attention_weight(kind):
+    teacher = hf_ctc(kind)
+    student, report = conversion.convert_to_student(teacher, MIXER)
+    assert report.family == {"data2vec-audio": "wav2vec2", "hubert": "wav2vec2"}.get(kind, kind)
+    assert report.mixer == "bimamba2" and report.replaced and report.new
+    slot = "self_attn" if kind == "whisper" else "attention"
+    assert all(f".{slot}." in name for name in report.replaced + report.new)
+    teacher_state, student_state = teacher.state_dict(), student.state_dict()
+    assert set(report.kept) == set(teacher_state) - set(report.replaced)
+    for name in report.kept:
+        assert torch.equal(student_state[name], teacher_state[name]), name
+    if kind == "wavlm":
+        assert any("rel_attn_embed" in n for n in report.replaced)
+        assert any("relative position bias" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_padded_equals_alone_teacher_and_student(kind):
+    teacher = hf_ctc(kind)
+    student = conversion.convert_to_student(teacher, MIXER)[0].eval()
+    gen = torch.Generator().manual_seed(5)
+    short, long = torch.randn(3001, generator=gen) * 0.2, torch.randn(5003, generator=gen)
+    for model in (teacher, student):
+        alone = outputs(model, [short])[0]
+        for padded in (outputs(model, [short, long])[0], outputs(model, [long, short])[1]):
+            assert padded.shape == alone.shape
+            assert_close(padded, alone)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_and_export_reload(kind, tmp_path):
+    student = conversion.convert_to_student(hf_ctc(kind), MIXER)[0].eval()
+    signals = [torch.randn(4000), torch.randn(2500)]
+    expected = outputs(student, signals)
+    student.save_pretrained(tmp_path / "hf")
+    reloaded = conversion.from_pretrained(tmp_path / "hf").eval()
+    for a, b in zip(outputs(reloaded, signals), expected):
+        assert_close(a, b)
+    inference.export_inference_folder(tmp_path / "export", CTCASR(VOCAB), student)
+    asr = inference.load_inference_folder(tmp_path / "export", tmp_path / "save")
+    padded = torch.zeros(2, 4000)
+    padded[0], padded[1, :2500] = signals
+    log_probs = asr.encode_batch(padded, torch.tensor([1.0, 2500 / 4000]))
+    for row, logits in enumerate(expected):
+        assert_close(log_probs[row, : len(logits)], logits.float().log_softmax(-1))
+
+
+def test_classification_task_on_a_whisper_student(tmp_path):
+    model = whisper_encoder.WhisperEncoderModel(hf_ctc("whisper").config)
+    speech_input.attach_feature_extractor(model, transformers.WhisperFeatureExtractor())
+    student = conversion.convert_to_student(model.eval(), MIXER)[0]
+    task = UtteranceClassification({"speaker": 3})
+    heads = task.make_heads(student.config)
+    batch = PaddedBatch(
+        [
+            {"id": "a", "sig": torch.randn(3200), "speaker": 1},
+            {"id": "b", "sig": torch.randn(2000), "speaker": 2},
+        ]
+    )
+    out = task.forward(student.train(), batch, sb.Stage.TRAIN, heads)
+    loss = task.loss(out, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and out.logits["speaker"].shape == (2, 3)
+    assert len(out.hidden_states) == 3  # embeddings + 2 layers
+
+
+def test_whisper_log_mel_equals_hf_feature_extractor():
+    extractor = transformers.WhisperFeatureExtractor()
+    gen = np.random.default_rng(0)
+    for n in (1600, 16000 + 37):
+        audio = (0.1 * gen.standard_normal(n)).astype(np.float32)
+        hf = extractor(audio, sampling_rate=16000, padding="longest", return_tensors="pt")
+        ours, frames = whisper_encoder.log_mel(
+            torch.from_numpy(audio)[None], torch.tensor([n]), extractor.mel_filters
+        )
+        assert int(frames) == n // 160
+        expected = hf.input_features[..., : int(frames)]
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_whisper_positions_continue_past_30_s_as_sinusoids():
+    model = whisper_encoder.WhisperEncoderModel(hf_ctc("whisper").config)
+    table = model.encoder.embed_positions.weight
+    torch.testing.assert_close(table, whisper_encoder.sinusoids(*table.shape), rtol=0, atol=1e-5)
+    longer = model.positions(table.shape[0] + 10, "cpu")
+    assert torch.equal(longer[: table.shape[0]], table)
+    torch.testing.assert_close(longer, whisper_encoder.sinusoids(*longer.shape), rtol=0, atol=1e-5)
+
+
+def test_whisper_checkpoint_gives_its_encoder_bit_identical(tmp_path):
+    config = transformers.WhisperConfig(
+        d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
+        max_source_positions=64, vocab_size=60, pad_token_id=1, bos_token_id=2,
+        eos_token_id=3, decoder_start_token_id=2,
+    )  # fmt: skip
+    whisper = transformers.WhisperForConditionalGeneration(config)
+    whisper.save_pretrained(tmp_path)
+    model = load_source(transformers.AutoModelForCTC, str(tmp_path), vocab_size=8, pad_token_id=0)
+    assert isinstance(model, whisper_encoder.WhisperEncoderForCTC)
+    assert model.lm_head.out_features == 8
+    for name, value in whisper.model.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[name], value), name
+
+
+def test_whisper_encoder_equals_hf_on_a_full_window():
+    """On exactly max_source_positions * 2 mel frames and no padding, the encoder is
+    HF's WhisperEncoder (same hidden states, layer by layer)."""
+    model = hf_ctc("whisper")
+    features = torch.randn(2, 80, 2 * model.config.max_source_positions)
+    with torch.no_grad():
+        ours = model.encode(features, output_hidden_states=True).hidden_states
+        hf = model.encoder(features, output_hidden_states=True)
+    assert len(ours) == len(hf.hidden_states)
+    for a, b in zip(ours, hf.hidden_states):
+        assert_close(a, b)
+    assert_close(ours[-1], hf.last_hidden_state)
