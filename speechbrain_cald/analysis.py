@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechbrain_cald.audio import read_audio
+from speechbrain_cald.models import MODEL_CLASSES, model_class
 from speechbrain_cald.speech_input import speech_model_forward
 
 SAMPLE_RATE = 16000
@@ -134,7 +135,8 @@ def feature_shift(model_a: nn.Module, model_b: nn.Module, batches: Iterable[Batc
 def load_model(folder: str | Path) -> nn.Module:
     """An HF `save_pretrained` folder: a CALD student (config has `cald_student`) via
     `speechbrain_cald.conversion.from_pretrained`, anything else via transformers'
-    AutoModel (the class in `architectures`, e.g. Wav2Vec2ForCTC, when it is known)."""
+    AutoModel (the class in `architectures`, e.g. Wav2Vec2ForCTC or this package's
+    WhisperEncoderForCTC, when it is known)."""
     import transformers
 
     folder = Path(folder)
@@ -144,9 +146,8 @@ def load_model(folder: str | Path) -> nn.Module:
 
         return from_pretrained(folder)
     for name in config.get("architectures") or []:
-        cls = getattr(transformers, name, None)
-        if cls is not None:
-            return cls.from_pretrained(folder)
+        if name in MODEL_CLASSES or hasattr(transformers, name):
+            return model_class(name).from_pretrained(folder)
     return transformers.AutoModel.from_pretrained(folder)
 
 

@@ -146,3 +146,12 @@ def classification_datasets(hparams):
     )
     items = [audio_pipeline(hparams["sample_rate"]), *labels]
     return load_datasets(hparams, items, ["id", "sig", *hparams["label_columns"]])
+
+
+def ctc_datasets(hparams, column="wrd"):
+    """The datasets of a CTC recipe: waveforms and the characters of the transcript
+    `column` in the task's vocabulary (`unk_token` for the rest, screened out first)."""
+    task = hparams["task"]
+    text = char_pipeline(task.vocab, column, task.word_delimiter, hparams["unk_token"])
+    items = [audio_pipeline(hparams["sample_rate"]), text]
+    return load_datasets(hparams, items, ["id", "sig", "words", "tokens"])

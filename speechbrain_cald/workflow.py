@@ -20,12 +20,14 @@ import time
 from speechbrain_cald.guidance import HYBRID, RUN_MODES, mode_overrides
 
 
-def commands(hparams, overrides, hybrid_switch_step=None, modes=RUN_MODES, launcher=None):
-    """The `train.py` command of every run, in order (hybrid only with a switch step)."""
+def commands(
+    hparams, overrides, hybrid_switch_step=None, modes=RUN_MODES, launcher=None, script="train.py"
+):
+    """The `script` command of every run, in order (hybrid only with a switch step)."""
     launcher = launcher or [sys.executable]
     runs = [m for m in modes if m != HYBRID or hybrid_switch_step is not None]
     return [
-        [*launcher, "train.py", hparams, *mode_overrides(mode, hybrid_switch_step), *overrides]
+        [*launcher, script, hparams, *mode_overrides(mode, hybrid_switch_step), *overrides]
         for mode in runs
     ]
 
@@ -43,11 +45,15 @@ def main(argv=None):
     parser.add_argument(
         "--launcher", default=None, help='e.g. "torchrun --nproc_per_node=4" (default: python)'
     )
+    parser.add_argument("--script", default="train.py", help="the recipe's training script")
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
     args, overrides = parser.parse_args(argv[:split]), argv[split + 1 :]
     launcher = shlex.split(args.launcher) if args.launcher else None
-    for cmd in commands(args.hparams, overrides, args.hybrid_switch_step, args.modes, launcher):
+    runs = commands(
+        args.hparams, overrides, args.hybrid_switch_step, args.modes, launcher, args.script
+    )
+    for cmd in runs:
         print(f"[workflow] {time.strftime('%H:%M:%S')} {shlex.join(cmd)}", flush=True)
         subprocess.run(cmd, check=True)
     print("[workflow] done: test_metrics.json of every run under the YAML's output_root")

@@ -18,6 +18,11 @@ Splits are by recording index, the same for every digit and speaker:
   recordings per value of `limit_column` (taken index-major, so that e.g. a
   speaker keeps the same number of recordings of every digit).
 
+`prepare_fsdd_digit_strings` builds an ASR corpus from the same splits: each
+utterance concatenates 3-7 recordings of one speaker (all from that split's indices)
+with short random silent gaps, its transcript the digit words ("three one four").
+The generator has a fixed seed, so the corpus is the same on every machine.
+
 Example
 -------
 >>> prepare_fsdd("fsdd", "results/fsdd/manifests")  # doctest: +SKIP
@@ -26,9 +31,18 @@ Example
 import logging
 import os
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 
-from speechbrain_cald.dataprep import audio_info, check_layout, file_error, run_prep
+import numpy as np
+
+from speechbrain_cald.dataprep import (
+    audio_info,
+    check_layout,
+    file_error,
+    read_audio,
+    run_prep,
+    write_audio,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +50,7 @@ LAYOUT = "  <data_folder>/recordings/{digit}_{speaker}_{index}.wav"
 FILE_PATTERN = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 OFFICIAL_TEST = frozenset(range(5))
 LABEL_COLUMNS = ("digit", "speaker")
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def list_recordings(data_folder):
@@ -147,16 +162,102 @@ def prepare_fsdd(
     }
 
     def build():
-        rows = list_recordings(data_folder)
-        if not rows:
-            raise file_error(os.path.join(data_folder, "recordings"), "no .wav recordings")
-        test, dev = split_indices([r["index"] for r in rows], heldout_indices)
-        logger.info("FSDD: test indices %s, dev indices %s", sorted(test), sorted(dev))
-        train = [r for r in rows if r["index"] not in test | dev]
-        return {
-            "train": limit_per_class(train, limit_column, max_train_per_class),
-            "dev": [r for r in rows if r["index"] in dev],
-            "test": [r for r in rows if r["index"] in test],
-        }
+        splits = split_rows(data_folder, heldout_indices)
+        splits["train"] = limit_per_class(splits["train"], limit_column, max_train_per_class)
+        return splits
 
     return run_prep("fsdd", save_folder, options, build, skip_prep=skip_prep)
+
+
+def split_rows(data_folder, heldout_indices):
+    """{split: rows} of every recording, split by recording index (`split_indices`)."""
+    rows = list_recordings(data_folder)
+    if not rows:
+        raise file_error(os.path.join(data_folder, "recordings"), "no .wav recordings")
+    test, dev = split_indices([r["index"] for r in rows], heldout_indices)
+    logger.info("FSDD: test indices %s, dev indices %s", sorted(test), sorted(dev))
+    return {
+        "train": [r for r in rows if r["index"] not in test | dev],
+        "dev": [r for r in rows if r["index"] in dev],
+        "test": [r for r in rows if r["index"] in test],
+    }
+
+
+def digit_strings(rows, count, out_dir, split, rng, digits=(3, 7), max_gap=0.25, sample_rate=8000):
+    """`count` utterances of 3-7 recordings of one speaker (speakers in turn), joined by
+    silent gaps of 0-`max_gap` s, written to `out_dir`; returns their manifest rows
+    (`ID,duration,wav,wrd,speaker`)."""
+    by_speaker = defaultdict(list)
+    for row in rows:
+        by_speaker[row["speaker"]].append(row)
+    speakers = sorted(by_speaker)
+    manifest = []
+    for n in range(count):
+        speaker = speakers[n % len(speakers)]
+        clips = [
+            by_speaker[speaker][i]
+            for i in rng.integers(
+                len(by_speaker[speaker]), size=rng.integers(digits[0], digits[1] + 1)
+            )
+        ]
+        pieces = []
+        for i, clip in enumerate(clips):
+            if i:
+                pieces.append(np.zeros(int(rng.uniform(0.0, max_gap) * sample_rate), np.float32))
+            pieces.append(read_audio(clip["wav"], sample_rate))
+        signal = np.concatenate(pieces)
+        uid = f"{split}_{n:05d}_{speaker}"
+        wav = os.path.join(out_dir, split, f"{uid}.wav")
+        write_audio(wav, signal, sample_rate)
+        words = " ".join(DIGIT_WORDS[int(clip["digit"])] for clip in clips)
+        manifest.append(
+            {
+                "ID": uid,
+                "duration": len(signal) / sample_rate,
+                "wav": wav,
+                "wrd": words,
+                "speaker": speaker,
+            }
+        )
+    return manifest
+
+
+def prepare_fsdd_digit_strings(
+    data_folder,
+    save_folder,
+    skip_prep=False,
+    sample_rate=16000,
+    heldout_indices=5,
+    utterances=(600, 60, 120),
+    digits=(3, 7),
+    max_gap=0.25,
+    seed=0,
+):
+    """Prepare an FSDD digit-string ASR corpus (see the module doc) in `save_folder`:
+    the wavs in `<save_folder>/digit_strings/<split>/` and `train.csv`, `dev.csv`,
+    `test.csv` (`ID,duration,wav,wrd,speaker`); `utterances` = (train, dev, test)
+    counts; `sample_rate` is recorded only (the audio pipeline resamples).
+    Returns `{split: manifest path}`."""
+    data_folder = os.path.abspath(data_folder)
+    if not skip_prep:
+        check_layout(data_folder, ["recordings"], "FSDD", LAYOUT)
+    options = {
+        "data_folder": data_folder,
+        "sample_rate": sample_rate,
+        "heldout_indices": heldout_indices,
+        "utterances": list(utterances),
+        "digits": list(digits),
+        "max_gap": max_gap,
+        "seed": seed,
+    }
+
+    def build():
+        rng = np.random.default_rng(seed)
+        out_dir = os.path.join(save_folder, "digit_strings")
+        splits = split_rows(data_folder, heldout_indices)
+        return {
+            split: digit_strings(rows, count, out_dir, split, rng, tuple(digits), max_gap)
+            for (split, rows), count in zip(splits.items(), utterances)
+        }
+
+    return run_prep("fsdd_digit_strings", save_folder, options, build, skip_prep=skip_prep)

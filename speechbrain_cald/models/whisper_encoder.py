@@ -94,6 +94,11 @@ class WhisperEncoderModel(WhisperPreTrainedModel):
         self.encoder = WhisperEncoder(config)
         self.post_init()
 
+    def freeze_feature_encoder(self):
+        """Freeze the convolutional front end (conv1, conv2), as wav2vec2's CNN (ref)."""
+        for conv in (self.encoder.conv1, self.encoder.conv2):
+            conv.requires_grad_(False)
+
     @staticmethod
     def _get_feat_extract_output_lengths(input_lengths):
         """Encoder frames for `input_lengths` samples: mel frames, then conv2's stride 2."""
