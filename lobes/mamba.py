@@ -100,10 +100,12 @@ def selective_scan(
     C: torch.Tensor,
     D: torch.Tensor,
     chunk_size: int = 64,
-) -> torch.Tensor:
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Mamba-1 selective scan in pure PyTorch, chunked over time.
 
-    Computes, from `h_0 = 0`, for every step t:
+    Computes, from `h_0 = initial_state` (zeros when None), for every step t:
     `h_t = exp(dt_t A) * h_{t-1} + dt_t B_t x_t` and `y_t = C_t h_t + D x_t`
     (per channel d: `h` is `(d_state,)`, `A[d]`, `dt_t[d]` and `x_t[d]` scale it).
 
@@ -119,18 +121,22 @@ def selective_scan(
 
     Returns:
         y `(batch, time, d_inner)` in float32 (float64 for float64 inputs): the scan runs
-        in at least float32, as mamba-ssm's kernels do.
+        in at least float32, as mamba-ssm's kernels do; with `return_final_state` also
+        the state after the last step `(batch, d_inner, d_state)`.
     """
     dtype = torch.promote_types(x.dtype, torch.float32)
     x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
     batch, seq_len, d_inner = x.shape
     state = x.new_zeros(batch, d_inner, A.shape[-1])
+    if initial_state is not None:
+        state = initial_state.to(dtype)
     outputs = []
     for start in range(0, seq_len, chunk_size):
         chunk = slice(start, start + chunk_size)
         y, state = _scan_chunk(x[:, chunk], dt[:, chunk], A, B[:, chunk], C[:, chunk], state)
         outputs.append(y)
-    return torch.cat(outputs, dim=1) + x * D.to(dtype)
+    y = torch.cat(outputs, dim=1) + x * D.to(dtype)
+    return (y, state) if return_final_state else y
 
 
 class MambaMixer(nn.Module):
@@ -182,19 +188,35 @@ class MambaMixer(nn.Module):
         dt = dt.clamp(min=c.dt_init_floor)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """`hidden_states` `(batch, time, d_model)` -> `(batch, time, d_model)`."""
+    def forward(self, hidden_states, attention_mask=None, state=None, return_state=False):
+        """`hidden_states` `(batch, time, d_model)` -> `(batch, time, d_model)`.
+
+        attention_mask, state, return_state: as `Mamba2Mixer.forward` (padded frames
+        read as zeros and leave the state as it is; state = `(conv_context,
+        ssm_state)`; with `return_state` the state after the last frame comes back).
+        """
         backend = resolve_backend(self.config.backend, hidden_states.device, kind="mamba")
-        if backend == "mamba_ssm" and _causal_conv1d_available():
+        stateless = state is None and not return_state and attention_mask is None
+        if backend == "mamba_ssm" and _causal_conv1d_available() and stateless:
             return self._fused_forward(hidden_states)
 
+        conv_context, ssm_state = state if state is not None else (None, None)
+        valid = None if attention_mask is None else attention_mask[..., None]
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (b, L, d_inner) each
-        x = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias))
+        if valid is not None:  # padding: zero conv inputs, as before a sequence's start
+            x = x * valid.to(x.dtype)
+        keep = self.config.d_conv - 1
+        if conv_context is None:
+            conv_context = x.new_zeros(x.shape[0], keep, self.d_inner)
+        next_context = torch.cat([conv_context, x[:, -keep:]], dim=1)[:, -keep:]
+        x = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias, conv_context))
+        if valid is not None:  # padding: no input to the state ...
+            x = x * valid.to(x.dtype)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], -1)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, L, d_inner); bias added in float32
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
 
-        if backend == "mamba_ssm":
+        if backend == "mamba_ssm" and stateless:
             from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
             y = selective_scan_fn(
@@ -210,9 +232,35 @@ class MambaMixer(nn.Module):
             ).transpose(1, 2)
         else:
             dt = F.softplus(dt.float() + self.dt_proj.bias.float())
-            y = selective_scan(x, dt, A, B, C, self.D, chunk_size=self.config.chunk_size)
+            if valid is not None:  # ... and no decay of it (dt = 0)
+                dt = dt * valid
+            y, ssm_state = selective_scan(
+                x, dt, A, B, C, self.D, self.config.chunk_size, ssm_state, return_final_state=True
+            )
             y = y * F.silu(z.to(y.dtype))
-        return self.out_proj(y.to(x.dtype))
+        out = self.out_proj(y.to(x.dtype))
+        return (out, (next_context, ssm_state)) if return_state else out
+
+    def step(self, hidden_states, state):
+        """One new token `(batch, 1, d_model)` after the tokens that left `state`
+        (`(conv_context, ssm_state)`) -> (output `(batch, 1, d_model)`, the state after
+        it): h = exp(dt A) h + dt B x, y = C h + D x, gated by silu(z); constant time and
+        memory per token."""
+        conv_context, ssm_state = state
+        x, z = self.in_proj(hidden_states[:, 0]).chunk(2, dim=-1)  # (b, d_inner) each
+        window = torch.cat([conv_context, x[:, None]], dim=1)  # (b, k, d_inner)
+        conv = (window * self.conv1d.weight[:, 0].T).sum(1)
+        if self.conv1d.bias is not None:
+            conv = conv + self.conv1d.bias
+        x = F.silu(conv)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], -1)
+        dt = F.softplus(F.linear(dt, self.dt_proj.weight).float() + self.dt_proj.bias.float())
+        A = -torch.exp(self.A_log.float())
+        ssm_state = torch.exp(dt[..., None] * A) * ssm_state.float()
+        ssm_state = ssm_state + (dt * x.float())[..., None] * B.float()[:, None, :]
+        y = torch.einsum("bdn,bn->bd", ssm_state, C.float()) + self.D.float() * x.float()
+        y = y * F.silu(z.float())
+        return self.out_proj(y.to(x.dtype))[:, None], (window[:, 1:], ssm_state)
 
     def _fused_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """mamba_ssm's fused conv + scan + out_proj kernel (CUDA, with causal-conv1d)."""

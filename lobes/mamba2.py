@@ -186,28 +186,48 @@ class Mamba2Mixer(nn.Module):
         self.A_log.copy_(torch.empty(cfg.nheads).uniform_(*cfg.A_init_range).log())
         self.D.fill_(1.0)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """hidden_states `(batch, time, d_model)` -> `(batch, time, d_model)`."""
+    def forward(self, hidden_states, attention_mask=None, state=None, return_state=False):
+        """hidden_states `(batch, time, d_model)` -> `(batch, time, d_model)`.
+
+        attention_mask: optional boolean `(batch, time)`, True on valid frames; padded
+        frames (left or right) are read as zeros and leave the state as it is, so a
+        left-padded prompt gives what it gives alone. state: the `(conv_context,
+        ssm_state)` after the preceding tokens (None: the sequence starts here);
+        with `return_state`, returns (output, state after the last frame), what `step`
+        continues from (prompt processing for generation).
+        """
         cfg = self.config
         backend = resolve_backend(cfg.backend, hidden_states.device, kind="mamba2")
-        if backend == "mamba_ssm":
+        stateless = state is None and not return_state and attention_mask is None
+        if backend == "mamba_ssm" and stateless:
             return self._forward_block(hidden_states, "mamba_ssm")[0]
-        conv_context, state, outputs = None, None, []
-        for block in hidden_states.split(cfg.torch_time_block, dim=1):
-            out, conv_context, state = self._forward_block(block, "torch", conv_context, state)
+        conv_context, ssm_state = state if state is not None else (None, None)
+        masks = [None] * -(-hidden_states.shape[1] // cfg.torch_time_block)
+        if attention_mask is not None:
+            masks = attention_mask.split(cfg.torch_time_block, dim=1)
+        outputs = []
+        for block, mask in zip(hidden_states.split(cfg.torch_time_block, dim=1), masks):
+            out, conv_context, ssm_state = self._forward_block(
+                block, "torch", conv_context, ssm_state, mask
+            )
             outputs.append(out)
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return (out, (conv_context, ssm_state)) if return_state else out
 
-    def _forward_block(self, hidden_states, backend, conv_context=None, state=None):
+    def _forward_block(self, hidden_states, backend, conv_context=None, state=None, mask=None):
         """The mixer on `(batch, time, d_model)` frames that follow a part of the sequence
         whose last k - 1 conv inputs are `conv_context` and whose SSM state is `state`
-        (None: the sequence starts here). Returns (output, conv_context, state) for the
-        next block (the last two None with the mamba_ssm backend, which takes whole inputs).
+        (None: the sequence starts here); `mask` `(batch, time)` marks valid frames.
+        Returns (output, conv_context, state) for the next block (the last two None with
+        the mamba_ssm backend, which takes whole inputs).
         """
         cfg = self.config
         batch, seqlen, _ = hidden_states.shape
         zxbcdt = self.in_proj(hidden_states)  # (b, l, in_proj_width)
         z, xBC, dt = zxbcdt.split([cfg.d_inner, cfg.conv_dim, cfg.nheads], dim=-1)
+        valid = None if mask is None else mask[..., None].to(xBC.dtype)  # (b, l, 1)
+        if valid is not None:  # padding: zero conv inputs, as before a sequence's start
+            xBC = xBC * valid
         if conv_context is None:  # the sequence starts here: zeros before it
             conv_context = xBC.new_zeros(batch, cfg.d_conv - 1, cfg.conv_dim)
         keep = cfg.d_conv - 1  # conv inputs carried over: this block's last ones, or
@@ -216,6 +236,8 @@ class Mamba2Mixer(nn.Module):
         xBC = F.silu(
             causal_depthwise_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, conv_context)
         )
+        if valid is not None:  # padding: no input to the state (x = B = 0) ...
+            xBC = xBC * valid
         x, B, C = xBC.split([cfg.d_inner, cfg.ngroups * cfg.d_state, cfg.ngroups * cfg.d_state], -1)
         x = x.view(batch, seqlen, cfg.nheads, cfg.headdim)
         B = B.view(batch, seqlen, cfg.ngroups, cfg.d_state)
@@ -231,9 +253,53 @@ class Mamba2Mixer(nn.Module):
             next_context = state = None
         else:
             dt = F.softplus(dt + self.dt_bias)  # (b, l, h)
+            if valid is not None:  # ... and no decay of it (dt = 0)
+                dt = dt * valid
             y, state = ssd_chunked(
                 x, dt, A, B, C, cfg.torch_chunk_size, initial_state=state, return_final_state=True
             )
             y = torch.addcmul(y, x, self.D[:, None].to(x.dtype))  # y + D x, (b, l, h, p)
         y = self.norm(y.reshape(batch, seqlen, cfg.d_inner), z)
         return self.out_proj(y), next_context, state
+
+    def step(self, hidden_states, state):
+        """One new token `(batch, 1, d_model)` after the tokens that left `state`
+        (`(conv_context, ssm_state)`, from `forward(..., return_state=True)` or a
+        previous step) -> (output `(batch, 1, d_model)`, the state after it).
+
+        The recurrence itself, in constant time and memory per token:
+        conv over the last k inputs; state = exp(dt A) state + dt B x^T; y = C state + D x.
+        """
+        cfg = self.config
+        conv_context, ssm_state = state
+        batch = hidden_states.shape[0]
+        z, xBC, dt = self.in_proj(hidden_states[:, 0]).split(
+            [cfg.d_inner, cfg.conv_dim, cfg.nheads], dim=-1
+        )
+        window = torch.cat([conv_context, xBC[:, None]], dim=1)  # (b, k, conv_dim)
+        conv = (window * self.conv1d.weight[:, 0].T).sum(1)
+        if self.conv1d.bias is not None:
+            conv = conv + self.conv1d.bias
+        x, B, C = F.silu(conv).split(
+            [cfg.d_inner, cfg.ngroups * cfg.d_state, cfg.ngroups * cfg.d_state], -1
+        )
+        hpg = cfg.nheads // cfg.ngroups
+        x = x.view(batch, cfg.nheads, cfg.headdim)
+        B = (
+            B.view(batch, cfg.ngroups, 1, cfg.d_state)
+            .expand(-1, -1, hpg, -1)
+            .reshape(batch, cfg.nheads, cfg.d_state)
+        )
+        C = (
+            C.view(batch, cfg.ngroups, 1, cfg.d_state)
+            .expand(-1, -1, hpg, -1)
+            .reshape(batch, cfg.nheads, cfg.d_state)
+        )
+        dt = F.softplus(dt + self.dt_bias).float()  # (b, h)
+        decay = torch.exp(dt * -torch.exp(self.A_log.float()))  # (b, h)
+        update = (dt[..., None] * B.float())[..., None] * x.float()[:, :, None, :]  # (b, h, n, p)
+        ssm_state = decay[..., None, None] * ssm_state + update
+        y = torch.einsum("bhnp,bhn->bhp", ssm_state, C.float()).to(x.dtype)
+        y = torch.addcmul(y, x, self.D[:, None].to(x.dtype)).reshape(batch, 1, cfg.d_inner)
+        out = self.out_proj(self.norm(y, z[:, None]))
+        return out, (window[:, 1:], ssm_state)

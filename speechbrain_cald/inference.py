@@ -168,28 +168,37 @@ class TextClassifier(Pretrained):
 
 
 class TextGenerator(Pretrained):
-    """Causal LM: greedy ``generate(prompt, max_new_tokens)`` -> continuation string.
-
-    The student keeps no KV cache, so each step re-runs the whole sequence
-    (quadratic in the number of new tokens; fine for short continuations).
-    """
+    """Causal LM: ``generate(prompts, max_new_tokens)`` -> continuation(s), through HF
+    ``generate()`` with its cache: a converted student decodes recurrently (constant
+    time and memory per token), a transformer with its KV cache."""
 
     MODULES_NEEDED = ["model"]
     HPARAMS_NEEDED = ["tokenizer"]
 
-    def generate(self, prompt, max_new_tokens=20, eos_id=None):
-        """Greedy continuation of `prompt` (stops early at `eos_id`)."""
-        ids, _ = self.hparams.tokenizer.encode([prompt])
-        ids = ids.to(self.device)
-        new = []
+    def generate(self, prompts, max_new_tokens=20, eos_id=None, **generate_kwargs):
+        """Continuations of one prompt (str -> str) or a batch (list -> list), left-padded
+        together; greedy unless `generate_kwargs` say otherwise (``do_sample=True``,
+        ``num_beams=4``, ...); stops at `eos_id`."""
+        single = isinstance(prompts, str)
+        tokenizer = self.hparams.tokenizer
+        ids, mask = tokenizer.encode_prompts([prompts] if single else prompts)
+        options = {"do_sample": False, **generate_kwargs}
         with torch.no_grad():
-            for _ in range(max_new_tokens):
-                next_id = self.mods.model(ids, torch.ones(1, device=self.device))[0, -1].argmax()
-                if next_id.item() == eos_id:
-                    break
-                new.append(next_id.item())
-                ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-        return self.hparams.tokenizer.decode(new)
+            out = self.mods.model.model.generate(
+                ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos_id,
+                pad_token_id=tokenizer.pad_id,
+                use_cache=True,
+                **options,
+            )
+        texts = []
+        for row in out[:, ids.shape[1] :].tolist():
+            if eos_id is not None and eos_id in row:
+                row = row[: row.index(eos_id)]
+            texts.append(tokenizer.decode(row))
+        return texts[0] if single else texts
 
 
 # The interface classes an exported folder may name (its `interface` entry).

@@ -50,18 +50,29 @@ def token_pipeline(tokenizer, columns, max_len):
 class TextTokenizer:
     """A `tokenizers.Tokenizer` (tokenizer.json) that the Pretrainer can load.
 
-    encode(texts) -> (ids (batch, tokens) right-padded with `pad_id`, relative lengths).
+    encode(texts) -> (ids (batch, tokens) right-padded with `pad_id`, relative lengths);
+    encode_prompts(texts) -> (ids left-padded, 0/1 mask): prompts for generation.
     """
 
     def __init__(self, pad_id=0, tokenizer=None):
         self.pad_id = pad_id
         self.tokenizer = tokenizer
 
+    def _ids(self, texts):
+        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+
     def encode(self, texts):
-        seqs = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        seqs = self._ids(texts)
         longest = max(len(seq) for seq in seqs)
         ids = torch.tensor([seq + [self.pad_id] * (longest - len(seq)) for seq in seqs])
         return ids, torch.tensor([len(seq) / longest for seq in seqs])
+
+    def encode_prompts(self, texts):
+        seqs = self._ids(texts)
+        longest = max(len(seq) for seq in seqs)
+        ids = torch.tensor([[self.pad_id] * (longest - len(seq)) + seq for seq in seqs])
+        mask = torch.tensor([[0] * (longest - len(seq)) + [1] * len(seq) for seq in seqs])
+        return ids, mask
 
     def decode(self, ids):
         return self.tokenizer.decode(list(ids))

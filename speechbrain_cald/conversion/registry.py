@@ -87,8 +87,7 @@ def valid_frames(attention_mask, hidden_states: torch.Tensor) -> torch.Tensor | 
     """Boolean `(batch, time)` valid frames from the mask an HF layer passes its attention.
 
     The mask is None (no padding, sdpa), 2-D 0/1 (flash attention), or 4-D boolean
-    (sdpa) / additive (eager) of shape (batch, 1, time, time); None stays None. Padding
-    must be at the right (valid frames first in every row).
+    (sdpa) / additive (eager) of shape (batch, 1, time, time); None stays None.
     """
     if attention_mask is None:
         return None
@@ -98,19 +97,25 @@ def valid_frames(attention_mask, hidden_states: torch.Tensor) -> torch.Tensor | 
             "(flex attention); load the model with attn_implementation 'sdpa' or 'eager'"
         )
     batch, time = hidden_states.shape[:2]
-    valid = valid_mask(batch, time, attention_mask=attention_mask)
-    prefix = torch.arange(time, device=valid.device)[None, :] < valid.sum(-1, keepdim=True)
-    if not torch.equal(valid, prefix):
-        raise ValueError("CALD students need right padding (valid frames first in every row)")
-    return valid
+    return valid_mask(batch, time, attention_mask=attention_mask)
+
+
+def is_right_padded(valid: torch.Tensor) -> bool:
+    """Whether every row of a `(batch, time)` mask is its valid frames, then padding."""
+    prefix = torch.arange(valid.shape[-1], device=valid.device)[None, :] < valid.sum(
+        -1, keepdim=True
+    )
+    return torch.equal(valid, prefix)
 
 
 class MixerSlot(nn.Module):
     """An attention slot: the HF attention call signature outside, a mixer inside.
 
     Called as `slot(hidden_states, attention_mask=mask, **kwargs) -> (output, None)`;
-    the HF mask becomes one boolean valid-frame mask, given to bidirectional mixers
-    (causal ones never need it). Families whose layers expect more outputs subclass it.
+    the HF mask becomes one boolean valid-frame mask. A bidirectional mixer gets it
+    (right padding only: each utterance is reversed within its own length); a causal
+    one needs it only for padding before valid frames (left-padded prompts), which it
+    reads as zeros. Families whose layers expect more outputs subclass it.
     """
 
     def __init__(self, mixer: nn.Module, causal: bool):
@@ -121,8 +126,10 @@ class MixerSlot(nn.Module):
     def mix(self, hidden_states: torch.Tensor, attention_mask=None) -> torch.Tensor:
         """hidden_states (batch, time, d_model) -> (batch, time, d_model)."""
         valid = valid_frames(attention_mask, hidden_states)
-        if self.causal or valid is None:
+        if valid is None or (self.causal and is_right_padded(valid)):
             return self.mixer(hidden_states)
+        if not self.causal and not is_right_padded(valid):
+            raise ValueError("CALD students need right padding (valid frames first in every row)")
         return self.mixer(hidden_states, attention_mask=valid)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask=None, **kwargs):

@@ -13,6 +13,7 @@ from torch import nn
 from speechbrain_cald.conversion.registry import (
     MixerSlot,
     SourceFamily,
+    is_right_padded,
     register_family,
     valid_frames,
 )
@@ -30,6 +31,8 @@ class BertLinformerSelfAttention(LinformerSelfAttention):
         if kwargs.get("encoder_hidden_states") is not None:
             raise ValueError("the Linformer student has no cross-attention")
         valid = valid_frames(attention_mask, hidden_states)
+        if valid is not None and not is_right_padded(valid):
+            raise ValueError("the Linformer student needs right padding (valid tokens first)")
         return super().forward(hidden_states, attention_mask=valid), None
 
 
