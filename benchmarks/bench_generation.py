@@ -6,8 +6,8 @@ CALD student (the LM recipe's Mamba-1 mixer, or `--mixer mamba2`) each process t
 prompt once (prefill) and then generate `--new-tokens` tokens greedily, one at a time
 through the HF cache, as `generate()` does. Each (model, length) runs in its own
 process. Printed per model and length: prefill seconds, seconds per generated token,
-the cache size after generation, and the process's peak memory during generation
-(VmHWM reset after the prefill: growth above that); then the student / teacher ratios and the targets
+the cache size after generation, and the process's peak memory growth during
+generation (VmHWM reset after the prefill); then the student / teacher ratios and the targets
 (student per-token time at the longest prompt within 1.2x its time at the shortest;
 student memory flat in the prompt length; student faster per token than the teacher
 from 2048 tokens on).
@@ -102,7 +102,7 @@ def main(argv=None):
     if args.child:
         return child(args.child, args.prompts[0], args.new_tokens, args.mixer)
     print(machine.describe(), flush=True)
-    head = "| prompt | model | prefill s | ms / token | cache MiB | memory growth MiB (generation) |"
+    head = "| prompt | model | prefill s | ms / token | cache MiB | memory growth MiB |"
     lines = [head, "|---|---|---|---|---|---|"]
     results = {}
     for prompt in args.prompts:

@@ -107,6 +107,24 @@ def read_audio(path, sample_rate: int | None = None) -> np.ndarray:
     return to_model_rate(data, sr, sample_rate, path)
 
 
+# Peak amplitude (full scale 1.0) at or below which a file counts as silent.
+SILENCE_PEAK = 1e-5
+
+
+def scan_samples(path, block_frames: int = 1 << 18) -> float:
+    """Read a file block by block and return its peak absolute amplitude;
+    `DataPrepError` naming the file when a sample is NaN / inf (damaged)."""
+    peak = 0.0
+    try:
+        for block in sf.blocks(path, blocksize=block_frames, dtype="float32", always_2d=True):
+            if not np.isfinite(block).all():
+                raise file_error(path, "non-finite (NaN/inf) samples; the file is damaged")
+            peak = max(peak, float(np.abs(block).max(initial=0.0)))
+    except (RuntimeError, sf.SoundFileError) as err:
+        raise file_error(path, f"unreadable audio ({err})") from err
+    return peak
+
+
 def write_audio(path, signal: np.ndarray, sr: int, **kwargs) -> None:
     """Write audio atomically (tmp file + os.replace); format follows the extension."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -134,7 +134,7 @@ class CALDBrain(ResumableBrain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Stage stats = mean loss terms (+ metrics); log them; keep the best checkpoint."""
-        stats = self.stage_terms()
+        stats = self.stage_terms(stage)
         if stage != sb.Stage.TRAIN:
             stats.update(self.task.summarize(self.metrics))
         logger.info("%s epoch %s: %s", stage.name, epoch, stats)

@@ -15,7 +15,11 @@ class (names, meta, keep-only rules, DDP handling, hooks) and changes three thin
 - recovery checks the record of the chosen checkpoint before loading anything and,
   when a file is missing, truncated or altered, or a load hook fails, warns and tries
   the next checkpoint in the same order (most recent first, or best by key);
-- leftovers of interrupted saves are removed at recovery time.
+- deleting a checkpoint renames it to `deleting-CKPT+...` first, so an interrupted
+  clean-up never leaves a half-deleted folder under a checkpoint's name;
+- leftovers of interrupted saves and deletions (`partial-*`, `deleting-*`, and
+  `CKPT+...` folders that lost their `CKPT.yaml`) are removed at recovery time, each
+  with a warning.
 
 Loading goes through SpeechBrain's hooks, which read tensors with `torch.load`
 (weights-only by default since torch 2.6); the hooks of this package pass
@@ -35,6 +39,7 @@ from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 logger = logging.getLogger(__name__)
 PARTIAL_PREFIX = "partial-"
+DELETING_PREFIX = "deleting-"
 INTEGRITY_FILE = "integrity.json"
 
 
@@ -135,13 +140,23 @@ class AtomicCheckpointer(Checkpointer):
         paramfiles = {key: final / path.name for key, path in partial.paramfiles.items()}
         return Checkpoint(final, partial.meta, paramfiles)
 
+    @staticmethod
+    def _delete_checkpoint(checkpoint, verbosity=logging.INFO):
+        """Rename the folder out of the checkpoints' namespace (one step), then delete it."""
+        path = pathlib.Path(checkpoint.path)
+        doomed = path.with_name(DELETING_PREFIX + path.name)
+        os.rename(path, doomed)
+        _fsync(path.parent)
+        shutil.rmtree(doomed)
+        logger.log(verbosity, "Deleted checkpoint in %s", path)
+
     def recover_if_possible(
         self, importance_key=None, max_key=None, min_key=None, ckpt_predicate=None
     ):
         """Load the first checkpoint, in `find_checkpoint`'s order, that passes its
         integrity check and loads; warn about each one skipped. Returns it, or None
         when there is none; raises when every existing checkpoint is damaged."""
-        self._remove_partial_saves()
+        self._remove_leftovers()
         candidates = self.find_checkpoints(importance_key, max_key, min_key, ckpt_predicate)
         if not candidates:
             logger.info("Would load a checkpoint here, but none found yet.")
@@ -177,11 +192,19 @@ class AtomicCheckpointer(Checkpointer):
             if isinstance(obj, SaveableDataLoader):
                 obj._speechbrain_recovery_skip_to = None
 
-    def _remove_partial_saves(self):
-        """Delete `partial-CKPT+...` folders left by a process killed while saving."""
+    def _remove_leftovers(self):
+        """Delete what interrupted saves and deletions left: `partial-CKPT+...` and
+        `deleting-CKPT+...` folders, and `CKPT+...` folders without their `CKPT.yaml`."""
         if not if_main_process() or not self.checkpoints_dir.is_dir():
             return
-        for path in self.checkpoints_dir.iterdir():
-            if path.is_dir() and path.name.startswith(PARTIAL_PREFIX):
-                logger.warning("Removing an interrupted checkpoint save: %s", path)
-                shutil.rmtree(path)
+        for path in sorted(self.checkpoints_dir.iterdir()):
+            if not path.is_dir():
+                continue
+            if path.name.startswith((PARTIAL_PREFIX, DELETING_PREFIX)):
+                what = "an interrupted checkpoint save or deletion"
+            elif path.name.startswith("CKPT") and not (path / "CKPT.yaml").exists():
+                what = "a checkpoint folder without its CKPT.yaml (half-deleted)"
+            else:
+                continue
+            logger.warning("Removing %s: %s", what, path)
+            shutil.rmtree(path)

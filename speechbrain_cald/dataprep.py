@@ -26,10 +26,12 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from speechbrain_cald.audio import (  # noqa: F401  (re-exported for prepare scripts)
+    SILENCE_PEAK,
     DataPrepError,
     audio_info,
     file_error,
     read_audio,
+    scan_samples,
     write_audio,
 )
 
@@ -245,13 +247,29 @@ class RowCheck:
         return self.func(row)
 
 
-def audio_row_check(min_duration: float = 0.0, expected_sr: int | None = None) -> RowCheck:
-    """The `wav` file exists, is readable by soundfile, has samples (and the sample
-    rate) and lasts at least `min_duration` seconds (from its header: cheap)."""
+def audio_row_check(
+    min_duration: float = 0.0,
+    expected_sr: int | None = None,
+    read_samples: bool = True,
+    tolerance: float = 0.1,
+) -> RowCheck:
+    """The `wav` file exists, is readable by soundfile and has samples (and the sample
+    rate); its real duration (from its header) lasts at least `min_duration` seconds
+    and agrees with the manifest's `duration` within `tolerance` s (or 1%): a manifest
+    that lies about durations would defeat `max_duration` and length batching (a
+    30-minute file listed as 2 s). With `read_samples`, every sample is read once:
+    NaN / inf (a damaged file) and silence (peak <= SILENCE_PEAK) are bad too."""
 
     def check(row):
         try:
-            audio_info(row["wav"], expected_sr=expected_sr, min_duration=min_duration)
+            duration, _, _ = audio_info(row["wav"], expected_sr, min_duration)
+            stated = float(row["duration"])
+            if abs(duration - stated) > max(tolerance, 0.01 * duration):
+                return (
+                    f"{row['wav']}: the manifest says {stated:g} s, the file holds {duration:.3f} s"
+                )
+            if read_samples and scan_samples(row["wav"]) <= SILENCE_PEAK:
+                return f"{row['wav']}: silent (peak <= {SILENCE_PEAK})"
         except DataPrepError as err:
             return str(err)
         return None
@@ -266,6 +284,8 @@ def vocab_row_check(column: str, vocab: Sequence[str], word_delimiter: str = "|"
 
     def check(row):
         text = " ".join(row[column].split())
+        if not text:
+            return f"empty (whitespace-only) transcript in {column!r}"
         outside = sorted({c for c in text.replace(" ", word_delimiter) if c not in known})
         if outside:
             return f"characters outside the vocabulary in {column!r}: {outside}"
@@ -304,24 +324,64 @@ def _row_problem(row: Mapping, required: Sequence[str], checks: Sequence[RowChec
     return None
 
 
-def load_manifest(path, checks: Sequence[RowCheck] = (), bad_data: str = "skip") -> dict:
+class Screening:
+    """The bad rows of one manifest under a `bad_data` policy: "skip" logs each one
+    (file, line, ID, problem; the first MAX_ROW_WARNINGS as warnings, the rest at
+    info level) and counts them per problem; "error" raises `DataPrepError` at the
+    first, naming the file, line and ID."""
+
+    def __init__(self, path, bad_data="skip"):
+        if bad_data not in BAD_DATA_POLICIES:
+            raise ValueError(f"bad_data must be one of {BAD_DATA_POLICIES}, not {bad_data!r}")
+        self.path, self.bad_data, self.skipped = path, bad_data, {}
+
+    def bad(self, line, row_id, name, problem):
+        """Record (or, under "error", raise) one bad row."""
+        where = f"row ID {row_id!r}: {problem}"
+        if self.bad_data == "error":
+            raise file_error(self.path, f"{where} (bad_data: skip drops such rows)", line)
+        self.skipped[name] = self.skipped.get(name, 0) + 1
+        level = logging.WARNING if sum(self.skipped.values()) <= MAX_ROW_WARNINGS else logging.INFO
+        logger.log(level, "%s:%s: skipping %s", self.path, line, where)
+
+    def finish(self, kept):
+        """The summary; a manifest left without any row is an error (an empty split
+        would otherwise fail deep in SpeechBrain, or score nothing)."""
+        counts = ", ".join(f"{k}: {n}" for k, n in sorted(self.skipped.items()))
+        if self.skipped:
+            logger.warning(
+                "%s: skipped %d of %d rows (%s); bad_data: error stops at the first instead",
+                self.path,
+                sum(self.skipped.values()),
+                sum(self.skipped.values()) + kept,
+                counts,
+            )
+        if not kept:
+            raise file_error(
+                self.path,
+                f"no usable row ({'skipped: ' + counts if counts else 'the manifest is empty'})",
+            )
+        return dict(self.skipped)
+
+
+def load_manifest(
+    path, checks: Sequence[RowCheck] = (), bad_data: str = "skip", skipped: dict | None = None
+) -> dict:
     """A SpeechBrain CSV manifest as `{ID: row}` (duration as float: what
     `DynamicItemDataset` takes, as `speechbrain.dataio.dataio.load_data_csv` returns),
     screened row by row before any training starts.
 
     A row is bad when it has fewer or more fields than the header, an empty required
     column (`ID,duration,wav` and the columns of `checks`), a non-numeric duration, a
-    duplicate ID, or fails a check (unreadable / empty / too-short audio, characters
-    outside the vocabulary, a label unseen in training, ...). bad_data="skip" drops
-    bad rows, each with a warning naming the file, line and ID, plus one summary
-    warning with the counts per problem; "error" raises `DataPrepError` at the first
-    bad row, naming the file, line and ID. A header without a required column is an
-    error either way.
+    duplicate ID, or fails a check (unreadable / empty / silent / damaged audio, a
+    duration that disagrees with the file, characters outside the vocabulary, a label
+    unseen in training, ...). Bad rows are handled by `Screening` under `bad_data`;
+    their counts per problem are added to `skipped` when given. A header without a
+    required column, or no usable row at all, is an error either way.
     """
-    if bad_data not in BAD_DATA_POLICIES:
-        raise ValueError(f"bad_data must be one of {BAD_DATA_POLICIES}, not {bad_data!r}")
+    screening = Screening(path, bad_data)
     required = list(dict.fromkeys([*MANIFEST_HEAD, *(c for ch in checks for c in ch.columns)]))
-    data, skipped = {}, {}
+    data = {}
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         absent = [c for c in required if c not in (reader.fieldnames or [])]
@@ -334,21 +394,10 @@ def load_manifest(path, checks: Sequence[RowCheck] = (), bad_data: str = "skip")
             if found is None:
                 data[row["ID"]] = {k: v for k, v in row.items() if k != "ID"}
                 data[row["ID"]]["duration"] = float(row["duration"])
-                continue
-            name, problem = found
-            where = f"row ID {row.get('ID')!r}: {problem}"
-            if bad_data == "error":
-                raise file_error(path, f"{where} (bad_data: skip drops such rows)", reader.line_num)
-            skipped[name] = skipped.get(name, 0) + 1
-            if sum(skipped.values()) <= MAX_ROW_WARNINGS:
-                logger.warning("%s:%d: skipping %s", path, reader.line_num, where)
-    if skipped:
-        counts = ", ".join(f"{k}: {n}" for k, n in sorted(skipped.items()))
-        logger.warning(
-            "%s: skipped %d of %d rows (%s); bad_data: error stops at the first instead",
-            path,
-            sum(skipped.values()),
-            sum(skipped.values()) + len(data),
-            counts,
-        )
+            else:
+                screening.bad(reader.line_num, row.get("ID"), *found)
+    counts = screening.finish(len(data))
+    if skipped is not None:
+        for name, n in counts.items():
+            skipped[name] = skipped.get(name, 0) + n
     return data

@@ -22,11 +22,15 @@ Training length is counted in optimizer steps: one SpeechBrain "epoch" is
 checkpoints come every `eval_every_steps` steps.
 """
 
+import contextlib
+import fcntl
 import io
 import json
 import logging
 import os
+import socket
 import sys
+import time
 
 import ruamel.yaml
 import speechbrain as sb
@@ -38,6 +42,7 @@ from speechbrain.dataio.sampler import DynamicBatchSampler, ReproducibleRandomSa
 
 from speechbrain_cald import inference, schedulers, speech_input
 from speechbrain_cald.brain import CALDBrain
+from speechbrain_cald.checkpoints import CheckpointIntegrityError
 from speechbrain_cald.models import load_source
 from speechbrain_cald.resumable import unwrapped
 from speechbrain_cald.speech_data import label_encoder_file
@@ -284,36 +289,93 @@ def setup_experiment(argv=None):
     return hparams, run_opts
 
 
+class RunLockedError(RuntimeError):
+    """Another process is running in the same output folder."""
+
+
+LOCK_FILE = "run.lock"
+
+
+@contextlib.contextmanager
+def output_folder_lock(folder):
+    """Hold an exclusive lock on `<folder>/run.lock` (fcntl.flock: released when the
+    block or the process ends, a crash included). A second run in the same folder
+    gets `RunLockedError` naming the process that holds it; two runs writing the same
+    checkpoints would break each other's. Main process only under DDP."""
+    if not sb.utils.distributed.if_main_process():
+        yield
+        return
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_FILE)
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunLockedError(
+                f"{folder} is in use by {holder}: wait for that run to end, or give this "
+                "one another --output_folder (or --seed / --run_name)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# What a user can fix (a setting, a file, the data): one line on the command line.
+USER_ERRORS = (ValueError, FileNotFoundError, RunLockedError, CheckpointIntegrityError)
+
+
 def main(prepare, make_datasets, argv=None):
     """`python train.py hparams/<file>.yaml [--key value ...]` for one recipe.
 
     prepare: the corpus prepare function, called as `prepare(data_folder=...,
     save_folder=<manifest_folder>, skip_prep=..., **prepare_options)`.
     make_datasets: hparams -> `{split: DynamicItemDataset}` (train, dev, test).
-    Returns the test stats.
+    Returns the test stats. From the command line (`argv` None), an error the user
+    can fix (a setting, a file, the data, a busy output folder) is one line on
+    stderr and exit status 2; `CALD_DEBUG=1` shows the traceback; programmatic calls
+    (`argv` given) raise.
     """
+    try:
+        return _run_recipe(prepare, make_datasets, argv)
+    except USER_ERRORS as err:
+        if argv is not None or os.environ.get("CALD_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _run_recipe(prepare, make_datasets, argv):
     hparams, run_opts = setup_experiment(argv)
-    sb.utils.distributed.run_on_main(
-        prepare,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["manifest_folder"],
-            "skip_prep": hparams["skip_prep"],
-            **(hparams.get("prepare_options") or {}),
-        },
-    )
-    sb.utils.distributed.run_on_main(
-        prepare_pretrained,
-        args=[hparams["task"], hparams["pretrained_folder"]],
-        kwargs={
-            "hub": hparams["source_hub"],
-            "config": hparams.get("source_config"),
-            "overrides": hparams.get("source_overrides"),
-            "seed": hparams["seed"],
-            "feature_extractor": hparams.get("feature_extractor"),
-            "sample_rate": hparams.get("sample_rate"),
-        },
-    )
-    datasets = make_datasets(hparams)
-    schedulers.size_schedule(hparams, len(datasets["train"]))
-    return run(hparams, run_opts, datasets)
+    with output_folder_lock(hparams["output_folder"]):
+        sb.utils.distributed.run_on_main(
+            prepare,
+            kwargs={
+                "data_folder": hparams["data_folder"],
+                "save_folder": hparams["manifest_folder"],
+                "skip_prep": hparams["skip_prep"],
+                **(hparams.get("prepare_options") or {}),
+            },
+        )
+        sb.utils.distributed.run_on_main(
+            prepare_pretrained,
+            args=[hparams["task"], hparams["pretrained_folder"]],
+            kwargs={
+                "hub": hparams["source_hub"],
+                "config": hparams.get("source_config"),
+                "overrides": hparams.get("source_overrides"),
+                "seed": hparams["seed"],
+                "feature_extractor": hparams.get("feature_extractor"),
+                "sample_rate": hparams.get("sample_rate"),
+            },
+        )
+        datasets = make_datasets(hparams)
+        schedulers.size_schedule(hparams, len(datasets["train"]))
+        return run(hparams, run_opts, datasets)

@@ -23,6 +23,7 @@ working memory is one chunk's; the converted (linear) encoder then runs on the w
 sequence in one pass.
 """
 
+import logging
 import os
 import tempfile
 
@@ -32,15 +33,15 @@ from speechbrain.inference.ASR import EncoderASR
 from speechbrain.inference.interfaces import Pretrained
 
 from speechbrain_cald import conversion, hyperyaml
-from speechbrain_cald.audio import read_audio
+from speechbrain_cald.audio import SILENCE_PEAK, read_audio
 from speechbrain_cald.feature_encoder import CHUNK_FRAMES
 from speechbrain_cald.masks import lengths_to_mask, masked_mean
 from speechbrain_cald.models import model_class
 from speechbrain_cald.speech_input import speech_model_forward
 
+logger = logging.getLogger(__name__)
+
 HPARAMS_FILE = "hyperparams.yaml"
-# Peak amplitude (full scale 1.0) at or below which a file counts as silent.
-SILENCE_PEAK = 1e-5
 
 
 def _hf_model_from_config(config_dict):
@@ -78,7 +79,61 @@ class SpeechEncoder(torch.nn.Module):
         return masked_mean(out.last_hidden_state, valid, dim=1)
 
 
-class CheckedAudioMixin:
+SOURCE_MARKER = "cald_source.txt"  # in a savedir: the folder its links point to
+
+
+def claim_savedir(source, savedir):
+    """Make `savedir` hold the files of `source` only.
+
+    SpeechBrain links a local source's files into the savedir and, finding links
+    there already, uses them: a savedir used before for another model would silently
+    load that model. The source is recorded in the savedir (`SOURCE_MARKER`); a
+    savedir of another source has its links replaced (with a warning), and one that
+    holds regular files of another source is refused (ValueError naming it).
+    """
+    if savedir is None:
+        return
+    source = os.path.abspath(source) if os.path.isdir(source) else str(source)
+    savedir, marker = str(savedir), os.path.join(str(savedir), SOURCE_MARKER)
+    if os.path.isdir(savedir):
+        previous = None
+        if os.path.isfile(marker):
+            with open(marker, encoding="utf-8") as f:
+                previous = f.read().strip()
+        entries = [e for e in os.listdir(savedir) if e != SOURCE_MARKER]
+        linked_elsewhere = [
+            e
+            for e in entries
+            if os.path.islink(os.path.join(savedir, e))
+            and not os.path.realpath(os.path.join(savedir, e)).startswith(source + os.sep)
+        ]
+        if previous not in (None, source) or linked_elsewhere:
+            kept = [e for e in entries if not os.path.islink(os.path.join(savedir, e))]
+            if kept:
+                raise ValueError(
+                    f"savedir {savedir} holds files of another model ({previous or kept[0]}); "
+                    "give this model its own savedir, or empty that one"
+                )
+            for entry in entries:
+                os.unlink(os.path.join(savedir, entry))
+            logger.warning(
+                "savedir %s held another model (%s): relinked to %s", savedir, previous, source
+            )
+    os.makedirs(savedir, exist_ok=True)
+    with open(marker, "w", encoding="utf-8") as f:
+        f.write(source + "\n")
+
+
+class CheckedSavedirMixin:
+    """`from_hparams` that never reuses a savedir of another model (`claim_savedir`)."""
+
+    @classmethod
+    def from_hparams(cls, source, hparams_file=HPARAMS_FILE, savedir=None, **kwargs):
+        claim_savedir(source, savedir)
+        return super().from_hparams(source, hparams_file=hparams_file, savedir=savedir, **kwargs)
+
+
+class CheckedAudioMixin(CheckedSavedirMixin):
     """`load_audio` for local files through `speechbrain_cald.audio.read_audio` (as
     training reads them), with clear errors naming the file: unreadable, empty,
     non-finite or silent audio raises ValueError.
@@ -134,6 +189,17 @@ class SpeechClassifier(CheckedAudioMixin, Pretrained):
         """`classify_batch` of one audio file."""
         return self.classify_batch(self.load_audio(path), head=head)
 
+    def top_k(self, wavs, wav_lens=None, head=None, k=3):
+        """The `k` most probable labels of `head` for each utterance, with their
+        probabilities: [[(label, probability), ...], ...] (best first)."""
+        log_probs = self.classify_batch(wavs, wav_lens, head)[0]
+        probs, indices = log_probs.exp().topk(min(k, log_probs.shape[-1]), dim=-1)
+        encoder = self.hparams.label_encoders[head or next(iter(self.hparams.label_encoders))]
+        return [
+            [(encoder.ind2lab[int(i)], float(p)) for p, i in zip(row_p, row_i)]
+            for row_p, row_i in zip(probs, indices)
+        ]
+
 
 class TextModel(torch.nn.Module):
     """HF text model for inference: (ids, relative lengths) -> logits (no KV cache)."""
@@ -147,7 +213,7 @@ class TextModel(torch.nn.Module):
         return self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
 
 
-class TextClassifier(Pretrained):
+class TextClassifier(CheckedSavedirMixin, Pretrained):
     """Sequence classification: ``classify_text(texts)`` -> (log-probs, best score,
     best index, text labels), as EncoderClassifier.classify_batch."""
 
@@ -167,7 +233,7 @@ class TextClassifier(Pretrained):
         return log_probs, score, index, self.hparams.label_encoder.decode_torch(index)
 
 
-class TextGenerator(Pretrained):
+class TextGenerator(CheckedSavedirMixin, Pretrained):
     """Causal LM: ``generate(prompts, max_new_tokens)`` -> continuation(s), through HF
     ``generate()`` with its cache: a converted student decodes recurrently (constant
     time and memory per token), a transformer with its KV cache."""
@@ -280,8 +346,30 @@ def export_inference_folder(
 
 
 def load_inference_folder(folder, savedir=None, device="cpu"):
-    """The interface (ASR, SpeechClassifier, ...) an exported folder was written for."""
-    name = hyperyaml.load_value(os.path.join(folder, HPARAMS_FILE), "interface")
+    """The interface (ASR, SpeechClassifier, ...) an exported folder was written for.
+
+    ValueError naming the folder when it is missing, not a folder, or its
+    hyperparams.yaml names no known interface; the device must exist. `savedir`
+    (default: a new temporary folder) receives SpeechBrain's links to the files;
+    nothing is written into `folder`.
+    """
+    path = os.path.join(folder, HPARAMS_FILE)
+    if not os.path.isdir(folder):
+        kind = "a file, not a folder" if os.path.exists(folder) else "not found"
+        raise ValueError(f"inference folder {folder}: {kind} (give the folder export wrote)")
+    if not os.path.isfile(path):
+        raise ValueError(f"{folder} holds no {HPARAMS_FILE}: not an exported inference folder")
+    try:
+        name = hyperyaml.load_value(path, "interface")
+    except KeyError:
+        name = None
+    if name not in INTERFACES:
+        raise ValueError(
+            f"{path}: `interface` is {name!r}, not one of {sorted(INTERFACES)} "
+            "(was it written by export_inference_folder?)"
+        )
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch has no CUDA device; use --device cpu")
     savedir = savedir or tempfile.mkdtemp(prefix="cald_inference_")
     return INTERFACES[name].from_hparams(
         source=folder, savedir=savedir, run_opts={"device": device}

@@ -137,9 +137,15 @@ class ResumableBrain(sb.core.Brain):
                 self.term_sums[k] += v
             self.term_count += 1
 
-    def stage_terms(self):
-        """The stage's mean loss terms so far."""
-        return {k: v / max(self.term_count, 1) for k, v in self.term_sums.items()}
+    def stage_terms(self, stage):
+        """The stage's mean loss terms; `NonFiniteLossError` when no batch of the stage
+        had finite terms (an average of nothing would read as a perfect 0.0)."""
+        if not self.term_count:
+            raise NonFiniteLossError(
+                f"{stage.name} stage: no batch gave finite loss terms (last: {self.step_terms}); "
+                "check the data of this split (bad_data, damaged audio) and the model"
+            )
+        return {k: v / self.term_count for k, v in self.term_sums.items()}
 
     def check_loss_isfinite(self, loss):
         """Brain's non-finite check (called before backward), extended to every loss

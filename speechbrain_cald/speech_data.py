@@ -5,6 +5,7 @@ A recipe's `train.py` builds its datasets from these (`classification_datasets`,
 `load_datasets` with its own items) and hands them to `experiment.main`.
 """
 
+import logging
 import os
 
 import speechbrain as sb
@@ -16,6 +17,8 @@ from speechbrain.utils.data_pipeline import DynamicItem
 from speechbrain_cald import dataprep
 from speechbrain_cald.audio import read_audio
 from speechbrain_cald.dataprep import SPLITS, manifest_paths
+
+logger = logging.getLogger(__name__)
 
 
 def audio_pipeline(sample_rate=16000):
@@ -92,29 +95,42 @@ def load_manifests(
     max_duration=None,
     bad_data="skip",
     min_duration=0.0,
+    read_samples=True,
+    skipped=None,
 ):
     """`{split: DynamicItemDataset}` from the prepare step's `{split: csv}`.
 
     items: dynamic items (functions or `add_dynamic_item` dicts). Label columns are
     renamed `<head>_label` so the encoded label can take the head's name. Training
-    utterances longer than `max_duration` seconds are dropped; dev and test are
-    sorted by duration (evaluation batches of similar lengths). Before that, every
-    row is screened (`dataprep.load_manifest`): missing fields, unreadable / empty /
-    shorter than `min_duration` audio, and the items' `row_check`s (characters
-    outside the vocabulary, labels unseen in training); `bad_data` = "skip" drops
-    such rows with counted warnings, "error" stops naming the file, line and ID.
+    utterances longer than `max_duration` seconds are dropped (counted in the log);
+    dev and test are sorted by duration (evaluation batches of similar lengths).
+    Before that, every row is screened (`dataprep.load_manifest`): missing fields,
+    unreadable / empty / shorter than `min_duration` / silent or damaged
+    (`read_samples`) audio, a duration that disagrees with the file, and the items'
+    `row_check`s (characters outside the vocabulary or an empty transcript, labels
+    unseen in training); `bad_data` = "skip" drops such rows with counted warnings
+    (added to `skipped` {problem: count} when given), "error" stops naming the file,
+    line and ID.
     """
-    checks = [dataprep.audio_row_check(min_duration)]
+    checks = [dataprep.audio_row_check(min_duration, read_samples=read_samples)]
     checks += [item.row_check for item in items if hasattr(item, "row_check")]
     datasets = {}
     for split in SPLITS:
-        data = dataprep.load_manifest(manifests[split], checks, bad_data)
+        data = dataprep.load_manifest(manifests[split], checks, bad_data, skipped)
         for row in data.values():
             for head, column in (label_columns or {}).items():
                 row[f"{head}_label"] = row.pop(column)
         dataset = DynamicItemDataset(data, items, output_keys)
         if split == "train" and max_duration:
             dataset = dataset.filtered_sorted(key_max_value={"duration": max_duration})
+            if len(dataset) < len(data):
+                logger.info(
+                    "%s: %d of %d training utterances are over max_duration %g s: not used",
+                    manifests[split],
+                    len(data) - len(dataset),
+                    len(data),
+                    max_duration,
+                )
         elif split != "train":  # evaluation batches of similar lengths: little padding
             dataset = dataset.filtered_sorted(sort_key="duration")
         datasets[split] = dataset
@@ -132,6 +148,7 @@ def load_datasets(hparams, items, output_keys):
         hparams.get("max_duration"),
         hparams.get("bad_data", "skip"),
         hparams.get("min_duration", 0.0),
+        hparams.get("screen_samples", True),
     )
 
 

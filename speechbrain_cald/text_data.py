@@ -14,7 +14,7 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
-from speechbrain_cald.dataprep import manifest_paths
+from speechbrain_cald.dataprep import Screening, file_error, manifest_paths
 
 
 def write_manifest(path, rows):
@@ -24,12 +24,41 @@ def write_manifest(path, rows):
         json.dump(rows, f, ensure_ascii=False)
 
 
-def load_datasets(hparams, items, output_keys):
-    """`{split: DynamicItemDataset}` from `<manifest_folder>/<split>.json`."""
+def _row_problem(row, required):
+    """What is wrong with one JSON manifest row, or None: it must be an object whose
+    `required` keys hold a non-blank string, a non-empty list, or a number."""
+    if not isinstance(row, dict):
+        return f"a {type(row).__name__}, not an object"
+    for key in required:
+        value = row.get(key)
+        if value is None or (isinstance(value, (str, list)) and not str(value).strip()):
+            return f"{key!r} is missing or empty"
+        if isinstance(value, list) and not value:
+            return f"{key!r} is an empty list"
+    return None
+
+
+def load_datasets(hparams, items, output_keys, required=()):
+    """`{split: DynamicItemDataset}` from `<manifest_folder>/<split>.json`, every row
+    screened first: the `required` keys present and not empty. Bad rows are handled
+    as in the speech manifests (`dataprep.Screening` under the YAML's `bad_data`:
+    "skip" drops and counts them, "error" stops at the first, naming file and row)."""
     datasets = {}
     for split, path in manifest_paths(hparams, "json").items():
         with open(path, encoding="utf-8") as f:
-            datasets[split] = DynamicItemDataset(json.load(f), items, output_keys)
+            rows = json.load(f)
+        if not isinstance(rows, dict):
+            raise file_error(path, "a manifest is one JSON object {id: row}")
+        screening = Screening(path, hparams.get("bad_data", "skip"))
+        kept = {}
+        for number, (row_id, row) in enumerate(rows.items(), start=1):
+            problem = _row_problem(row, required)
+            if problem:
+                screening.bad(f"row {number}", row_id, "fields", problem)
+            else:
+                kept[row_id] = row
+        screening.finish(len(kept))
+        datasets[split] = DynamicItemDataset(kept, items, output_keys)
     return datasets
 
 

@@ -3,10 +3,11 @@
     python -m speechbrain_cald.transcribe <folder> <audio>... [--device cuda]
 
 Prints one tab-separated line per file: the path, then the transcript (ASR folder)
-or ``head=label`` for each head (classifier folder). Files longer than
+or, for each head of a classifier folder, ``head=label (p=0.93)`` followed by the
+next ``--top-k`` - 1 labels with their probabilities. Files longer than
 ``--progress-after`` seconds show a progress bar over the CNN feature chunks.
-Unreadable, empty or silent files are reported on stderr; the exit status is 1 if
-any file failed.
+Unreadable, empty, damaged (NaN/inf) or silent files are reported on stderr, and
+the exit status is 1 if any file failed; a bad folder or device is an error (status 2).
 """
 
 import argparse
@@ -15,7 +16,7 @@ import sys
 from speechbrain_cald import inference
 
 
-def predict(interface, path, progress_after):
+def predict(interface, path, progress_after, top_k=1):
     """One output line (without the path) for the audio file `path`."""
     wav = interface.load_audio(path)
     interface.mods.encoder.progress = (
@@ -23,23 +24,49 @@ def predict(interface, path, progress_after):
     )
     if isinstance(interface, inference.ASR):
         return interface.transcribe_batch(wav.unsqueeze(0), wav.new_ones(1))[0][0]
-    heads = interface.hparams.label_encoders
-    return "\t".join(f"{h}={interface.classify_batch(wav, head=h)[3][0]}" for h in heads)
+    fields = []
+    for head in interface.hparams.label_encoders:
+        best = interface.top_k(wav, head=head, k=top_k)[0]
+        fields.append(f"{head}={best[0][0]} (p={best[0][1]:.2f})")
+        fields += [f"{label} (p={prob:.2f})" for label, prob in best[1:]]
+    return "\t".join(fields)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="folder written by export_inference_folder")
     parser.add_argument("audio", nargs="+", help="audio files (any format soundfile reads)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--savedir", default=None, help="where to link the model files")
-    parser.add_argument("--progress-after", type=float, default=60.0, metavar="SECONDS")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument(
+        "--savedir",
+        default=None,
+        help="where SpeechBrain links the model files (default: a new temporary folder; "
+        "never the exported folder)",
+    )
+    parser.add_argument(
+        "--progress-after",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="show a progress bar over the CNN chunks for files longer than this (default 60)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=1,
+        metavar="K",
+        help="classifier folders: print the K most probable labels per head (default 1)",
+    )
     args = parser.parse_args(argv)
-    interface = inference.load_inference_folder(args.folder, args.savedir, args.device)
+    try:
+        interface = inference.load_inference_folder(args.folder, args.savedir, args.device)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
     failed = False
     for path in args.audio:
         try:
-            print(f"{path}\t{predict(interface, path, args.progress_after)}", flush=True)
+            line = predict(interface, path, args.progress_after, args.top_k)
+            print(f"{path}\t{line}", flush=True)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             failed = True

@@ -99,7 +99,7 @@ def from_mode(
     builders = {
         "std": lambda: Std(pretrained, waypoint_folder, waypoint_every),
         "unguided": lambda: Unguided(pretrained, student_config),
-        "target": lambda: Target(teacher_folder, **guided),
+        "target": lambda: Target(teacher_folder, **guided, pretrained=pretrained),
         "src_init": lambda: SrcInit(pretrained, teacher_folder, **guided),
         "trajectory": lambda: Trajectory(
             pretrained,

@@ -9,11 +9,38 @@ from speechbrain.utils.checkpoints import (
     mark_as_saver,
     register_checkpoint_hooks,
 )
+from transformers import AutoConfig
 
 from speechbrain_cald.conversion import convert_to_student
 from speechbrain_cald.losses import CALDLossWeights
 
 logger = logging.getLogger(__name__)
+# What a teacher shares with the pretrained model it was fine-tuned from.
+ARCHITECTURE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads")
+
+
+def check_fine_tuned_from(folder, pretrained, what):
+    """`folder` (a teacher or waypoint) must hold a model fine-tuned from the model in
+    `pretrained`: FileNotFoundError when it is missing (std has not run), ValueError
+    naming the fields when its architecture is another (a stale std run)."""
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise FileNotFoundError(
+            f"{what} {folder} not found (no config.json): run --mode std first (it exports "
+            "its best model and saves its waypoints there), or point the YAML key to a std run"
+        )
+    if pretrained is None or not os.path.isfile(os.path.join(pretrained, "config.json")):
+        return
+    mine, source = AutoConfig.from_pretrained(folder), AutoConfig.from_pretrained(pretrained)
+    diff = [
+        f"{f} {getattr(mine, f, None)} vs {getattr(source, f, None)}"
+        for f in ARCHITECTURE_FIELDS
+        if getattr(mine, f, None) != getattr(source, f, None)
+    ]
+    if diff:
+        raise ValueError(
+            f"{what} {folder} was not fine-tuned from the pretrained model {pretrained} "
+            f"({'; '.join(diff)}): rerun --mode std from it, or point {what} to its std run"
+        )
 
 
 def waypoint_path(folder, step):

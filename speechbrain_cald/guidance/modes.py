@@ -7,7 +7,7 @@ import logging
 import os
 import re
 
-from speechbrain_cald.guidance.base import Guidance, waypoint_path
+from speechbrain_cald.guidance.base import Guidance, check_fine_tuned_from, waypoint_path
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +41,26 @@ class Target(Guidance):
     """Teacher: the fine-tuned transformer (a std run's export), frozen.
 
     The student starts from the same fine-tuned model (heads included), converted.
+    `pretrained` (optional): the model std started from; the teacher must have its
+    architecture, or this run would silently ignore the recipe's pretrained model.
     """
 
-    def __init__(self, teacher, student_config=None, weights=None, teacher_train_mode=False):
+    def __init__(
+        self,
+        teacher,
+        student_config=None,
+        weights=None,
+        teacher_train_mode=False,
+        pretrained=None,
+    ):
         super().__init__(teacher, student_config, weights, teacher_train_mode)
         self.teacher_folder = teacher
+        self.pretrained = pretrained
         self._teacher = None
+
+    def init_student(self, task):
+        check_fine_tuned_from(self.teacher_folder, self.pretrained, "teacher_folder")
+        return super().init_student(task)
 
     def teacher(self, step):
         if self._teacher is None:
@@ -60,6 +74,7 @@ class SrcInit(Target):
     def __init__(
         self, pretrained, teacher, student_config=None, weights=None, teacher_train_mode=False
     ):
+        # the teacher may be another architecture here (a layer map pairs the layers)
         super().__init__(teacher, student_config, weights, teacher_train_mode)
         self.start = pretrained
 
@@ -89,8 +104,16 @@ class Waypoint(Guidance):
         names = os.listdir(self.waypoint_folder) if os.path.isdir(self.waypoint_folder) else []
         steps = sorted(int(m.group(1)) for m in map(re.compile(r"step_(\d+)$").match, names) if m)
         if not steps:
-            raise FileNotFoundError(f"No step_<s> waypoints in {self.waypoint_folder}")
+            raise FileNotFoundError(
+                f"No step_<s> waypoints in {self.waypoint_folder}: run --mode std with "
+                "waypoint_every set first (it saves them there)"
+            )
         return steps
+
+    def init_student(self, task):
+        first = waypoint_path(self.waypoint_folder, self.waypoint_steps[0])
+        check_fine_tuned_from(first, None, "waypoint")
+        return super().init_student(task)
 
     def teacher(self, step):
         steps = self.waypoint_steps

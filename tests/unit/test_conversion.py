@@ -230,8 +230,9 @@ def test_text_padded_sequence_matches_it_alone(family, attn_implementation):
     )
 
 
-def test_left_padding_is_refused():
-    student, _ = convert_to_student(tiny_gpt_neox(), FAMILIES["gpt_neox"][1])
+def test_left_padding_is_refused_by_bidirectional_students():
+    """(Causal students read left-padded prompts exactly: tests/unit/test_generation.py.)"""
+    student, _ = convert_to_student(tiny_roberta(), FAMILIES["bert"][1])
     batch = token_batch((12, 7))
     batch = {k: v.flip(-1) for k, v in batch.items()}
     with pytest.raises(ValueError, match="right padding"):

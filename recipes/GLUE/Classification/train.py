@@ -18,7 +18,7 @@ def datasets(hparams):
     """Tokens of text_a (+ text_b for sentence pairs, tokenized on the fly) and the label."""
     columns = text_columns(hparams["task_name"])
     items = [text_data.token_pipeline(hparams["tokenizer"], columns, hparams["max_len"])]
-    return text_data.load_datasets(hparams, items, ["id", "tokens", "label"])
+    return text_data.load_datasets(hparams, items, ["id", "tokens", "label"], [*columns, "label"])
 
 
 if __name__ == "__main__":

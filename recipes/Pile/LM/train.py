@@ -24,7 +24,7 @@ def row_tokens(ids):
 
 def datasets(hparams):
     """Rows are tokenized already (by the prepare step)."""
-    return text_data.load_datasets(hparams, [row_tokens], ["id", "tokens"])
+    return text_data.load_datasets(hparams, [row_tokens], ["id", "tokens"], ["ids"])
 
 
 if __name__ == "__main__":
