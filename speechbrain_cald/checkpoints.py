@@ -104,6 +104,18 @@ def verify_integrity(folder):
             raise CheckpointIntegrityError(f"{path}: content differs from when it was saved")
 
 
+def _delete_atomically(checkpoint, verbosity=logging.INFO):
+    """Rename a checkpoint folder out of the checkpoints' namespace (one step), then
+    delete it: an interrupted deletion leaves `deleting-CKPT+...`, never a half-deleted
+    folder under a checkpoint's name."""
+    path = pathlib.Path(checkpoint.path)
+    doomed = path.with_name(DELETING_PREFIX + path.name)
+    os.rename(path, doomed)
+    _fsync(path.parent)
+    shutil.rmtree(doomed)
+    logger.log(verbosity, "Deleted checkpoint in %s", path)
+
+
 class AtomicCheckpointer(Checkpointer):
     """`speechbrain.utils.checkpoints.Checkpointer` with atomic saves and recovery
     that falls back to the previous good checkpoint (see the module docstring).
@@ -140,15 +152,16 @@ class AtomicCheckpointer(Checkpointer):
         paramfiles = {key: final / path.name for key, path in partial.paramfiles.items()}
         return Checkpoint(final, partial.meta, paramfiles)
 
-    @staticmethod
-    def _delete_checkpoint(checkpoint, verbosity=logging.INFO):
-        """Rename the folder out of the checkpoints' namespace (one step), then delete it."""
-        path = pathlib.Path(checkpoint.path)
-        doomed = path.with_name(DELETING_PREFIX + path.name)
-        os.rename(path, doomed)
-        _fsync(path.parent)
-        shutil.rmtree(doomed)
-        logger.log(verbosity, "Deleted checkpoint in %s", path)
+    def delete_checkpoints(self, **kwargs):
+        """`Checkpointer.delete_checkpoints` (same keep rules) with each deletion atomic
+        (`_delete_atomically`). SpeechBrain calls `Checkpointer._delete_checkpoint` by
+        its class name, so it is swapped for the duration of the call."""
+        stock = Checkpointer._delete_checkpoint
+        Checkpointer._delete_checkpoint = staticmethod(_delete_atomically)
+        try:
+            return super().delete_checkpoints(**kwargs)
+        finally:
+            Checkpointer._delete_checkpoint = stock
 
     def recover_if_possible(
         self, importance_key=None, max_key=None, min_key=None, ckpt_predicate=None
