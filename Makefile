@@ -15,4 +15,4 @@ test: env lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: env
-	$(PY) tools/run_demo.py
+	$(PY) tools/run_demo.py $(ARGS)

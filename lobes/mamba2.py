@@ -5,6 +5,7 @@ anywhere) and "mamba_ssm" (its Triton kernel `mamba_chunk_scan_combined`, CUDA o
 Checkpoints move between them, and to mamba_ssm.Mamba2, unchanged.
 """
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -63,13 +64,6 @@ class Mamba2Config:
             raise ValueError(f"d_inner {self.d_inner} is not a multiple of headdim {self.headdim}")
         if self.nheads % self.ngroups:
             raise ValueError(f"nheads {self.nheads} is not a multiple of ngroups {self.ngroups}")
-        if self.in_proj_width % 8:
-            warnings.warn(
-                f"Mamba2 in_proj width {self.in_proj_width} (= 2*d_inner + 2*ngroups*d_state"
-                " + nheads) is not a multiple of 8: mamba-ssm's fused CUDA path will fail"
-                " on it (the pure-PyTorch path is unaffected)",
-                stacklevel=3,
-            )
 
     def _default_headdim(self) -> int:
         """64 or 48, whichever first divides d_inner into heads with a width that is a
@@ -100,6 +94,16 @@ class Mamba2Config:
     def in_proj_width(self) -> int:
         """Width of in_proj's output [z, x, B, C, dt]."""
         return self._in_proj_width(self.nheads)
+
+
+@functools.cache
+def _warn_width_once(width):
+    warnings.warn(
+        f"Mamba2 in_proj width {width} (= 2*d_inner + 2*ngroups*d_state + nheads) is not a "
+        "multiple of 8, which mamba-ssm's fused CUDA kernels need: running the pure-PyTorch "
+        "path (same function, slower); pick d_state / headdim to make it a multiple of 8",
+        stacklevel=3,
+    )
 
 
 def causal_depthwise_conv1d(
@@ -198,6 +202,10 @@ class Mamba2Mixer(nn.Module):
         """
         cfg = self.config
         backend = resolve_backend(cfg.backend, hidden_states.device, kind="mamba2")
+        if backend == "mamba_ssm" and cfg.in_proj_width % 8:
+            # mamba-ssm's fused kernels fail on it: the exact torch path instead
+            _warn_width_once(cfg.in_proj_width)
+            backend = "torch"
         stateless = state is None and not return_state and attention_mask is None
         if backend == "mamba_ssm" and stateless:
             return self._forward_block(hidden_states, "mamba_ssm")[0]

@@ -6,8 +6,9 @@ hparams it reads:
   distill_skip_last (0); or indices, or a {student_index: teacher_index} map),
   ld_layer_norm (True), ld_layer_reduction ("mean"), kd_temperature (2.0)
                                                        distillation terms
-  lr_scheduler, epoch_counter, train_logger, ckpt_min_key / ckpt_max_key
-  (best-checkpoint metric; default min "total"), ckpt_num_to_keep (1)   optional
+  lr_scheduler, epoch_counter, train_logger, tensorboard_logger (both get the dev
+  and test stats), ckpt_min_key / ckpt_max_key (best-checkpoint metric; default min
+  "total"), ckpt_num_to_keep (1)                       optional
 Mixed precision and gradient accumulation come from SpeechBrain's run options
 (`precision`, `grad_accumulation_factor`) and Brain.fit_batch; resuming, non-finite
 skipping and DDP from `resumable.ResumableBrain`.
@@ -142,10 +143,11 @@ class CALDBrain(ResumableBrain):
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
             return
-        train_logger = getattr(self.hparams, "train_logger", None)
+        loggers = [getattr(self.hparams, k, None) for k in ("train_logger", "tensorboard_logger")]
+        loggers = [logger for logger in loggers if logger is not None]
         if stage == sb.Stage.VALID:
             meta = {"epoch": epoch, "step": self.optimizer_step}
-            if train_logger is not None:
+            for train_logger in loggers:
                 train_logger.log_stats(
                     meta, train_stats=getattr(self, "train_stats", None), valid_stats=stats
                 )
@@ -155,8 +157,9 @@ class CALDBrain(ResumableBrain):
                     num_to_keep=getattr(self.hparams, "ckpt_num_to_keep", 1),
                     **self.ckpt_keys(),
                 )
-        elif train_logger is not None:
-            train_logger.log_stats({"step": self.optimizer_step}, test_stats=stats)
+        else:
+            for train_logger in loggers:
+                train_logger.log_stats({"step": self.optimizer_step}, test_stats=stats)
 
     def ckpt_keys(self):
         """min_keys / max_keys for the best checkpoint (default: lowest loss)."""

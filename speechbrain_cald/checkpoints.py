@@ -35,7 +35,7 @@ import shutil
 
 from speechbrain.dataio.dataloader import SaveableDataLoader
 from speechbrain.utils.checkpoints import Checkpoint, Checkpointer
-from speechbrain.utils.distributed import ddp_barrier, if_main_process
+from speechbrain.utils.distributed import ddp_barrier, if_main_process, main_process_only
 
 logger = logging.getLogger(__name__)
 PARTIAL_PREFIX = "partial-"
@@ -104,6 +104,7 @@ def verify_integrity(folder):
             raise CheckpointIntegrityError(f"{path}: content differs from when it was saved")
 
 
+@main_process_only  # as SpeechBrain's: the other processes wait at its barriers
 def _delete_atomically(checkpoint, verbosity=logging.INFO):
     """Rename a checkpoint folder out of the checkpoints' namespace (one step), then
     delete it: an interrupted deletion leaves `deleting-CKPT+...`, never a half-deleted

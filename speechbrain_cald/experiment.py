@@ -289,6 +289,22 @@ def setup_experiment(argv=None):
     return hparams, run_opts
 
 
+def tensorboard_logger(enabled, folder):
+    """SpeechBrain's TensorboardLogger writing to `folder` when `enabled` (the YAML's
+    `tensorboard` switch), else None; needs the `tensorboard` package."""
+    if not enabled:
+        return None
+    try:
+        import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+    except ImportError as err:
+        raise ValueError(
+            "tensorboard: True needs the tensorboard package: pip install tensorboard"
+        ) from err
+    from speechbrain.utils.train_logger import TensorboardLogger
+
+    return TensorboardLogger(folder)
+
+
 class RunLockedError(RuntimeError):
     """Another process is running in the same output folder."""
 

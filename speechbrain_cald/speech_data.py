@@ -51,6 +51,7 @@ def label_pipelines(label_columns, train_csv, encoder_folder, num_classes):
             label_encoder_file(encoder_folder, head),
             from_iterables=[[row[column] for row in rows if row.get(column)]],
         )
+        encoder.ignore_len()  # its size is checked against the head's right below
         if len(encoder) > num_classes[head]:
             raise ValueError(
                 f"{len(encoder)} {head} labels in {train_csv}, but the head has "
