@@ -37,14 +37,15 @@ else
         say "GPU mode: torch is not pinned; installing extras [$EXTRAS,cuda]"
         pip_install -e ".[$EXTRAS,cuda]"
     else
-        say "installing torch==2.13.0 (CPU build)"
-        pip_install -q -c tools/constraints-cpu.txt "torch==2.13.0"
+        say "installing torch==2.13.0 (CPU build, about 190 MB when downloaded; pip shows progress)"
+        pip_install --progress-bar on -c tools/constraints-cpu.txt "torch==2.13.0"
         # No CPU torchaudio exists for torch 2.13: the 2.11 wheel installs without
         # deps, and its CUDA-linked libraries are removed below.
         say "installing torchaudio==2.11.0 without dependencies"
         pip_install -q --no-deps "torchaudio==2.11.0"
-        say "installing speechbrain-cald (editable) with extras [$EXTRAS]"
-        pip_install -q -c tools/constraints-cpu.txt -e ".[$EXTRAS]"
+        say "installing speechbrain-cald (editable) with extras [$EXTRAS]: speechbrain, transformers, ..."
+        say "(about 300 MB of packages on a fresh machine, 1-2 minutes; pip lists each one)"
+        pip_install --progress-bar on -c tools/constraints-cpu.txt -e ".[$EXTRAS]"
     fi
     echo "$want" > "$STAMP"
 fi

@@ -25,7 +25,7 @@ def read_split(folder, sample_rate):
         raise DataPrepError(f"{folder}: no <label>/<utt>.wav files\nExpected layout:\n{LAYOUT}")
     rows = []
     for wav in wavs:
-        duration, _, _ = audio_info(wav, expected_sr=sample_rate)
+        duration, _, _ = audio_info(wav)  # any rate: the audio pipeline resamples
         label = os.path.basename(os.path.dirname(wav))
         utt_id = f"{label}--{os.path.splitext(os.path.basename(wav))[0]}"
         rows.append({"ID": utt_id, "duration": duration, "wav": wav, "label": label})
