@@ -17,6 +17,15 @@ def read_table(name):
         return list(csv.DictReader(f))
 
 
+def make_fixtures(out, corpus="all", size="tiny"):
+    """Fixture corpora in their official layouts under `out` (tools/make_fixtures.py,
+    procedural voices: no espeak-ng needed); returns `out`."""
+    script = os.path.join(ROOT, "tools", "make_fixtures.py")
+    args = ["--out", str(out), "--corpus", corpus, "--size", size, "--synth", "tones"]
+    subprocess.run([sys.executable, script, *args], check=True, capture_output=True)
+    return out
+
+
 def train_command(row, output_root, args, launcher=(sys.executable,)):
     """(command, cwd, env) of `python train.py <row's yaml> <args> --output_root ...`
     in the row's recipe folder, offline on CPU with one thread; `launcher` replaces

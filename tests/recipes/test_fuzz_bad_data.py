@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-from recipe_runner import ROOT, read_table, train_command
+from recipe_runner import ROOT, make_fixtures, read_table, train_command
 
 from speechbrain_cald import speech_data
 from speechbrain_cald.checkpoints import verify_integrity
@@ -106,13 +106,7 @@ def inject(manifest_folder, seed, per_split=8):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """The tiny TED-LIUM fixture, prepared once into a manifest folder."""
-    out = tmp_path_factory.mktemp("fuzz")
-    subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "make_fixtures.py"), "--out", str(out)]
-        + ["--corpus", "tedlium", "--size", "tiny", "--synth", "tones"],
-        check=True,
-        capture_output=True,
-    )
+    out = make_fixtures(tmp_path_factory.mktemp("fuzz"), "tedlium")
     sys.path.insert(0, os.path.join(ROOT, "recipes", "TEDLIUM", "ASR"))
     from tedlium_prepare import prepare_tedlium
 

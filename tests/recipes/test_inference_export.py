@@ -29,10 +29,9 @@ import sys
 import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from recipe_runner import read_table, run_train
+from recipe_runner import make_fixtures, read_table, run_train
 from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.dataio.encoder import CategoricalEncoder
-from test_recipes import fixtures
 
 from speechbrain_cald import experiment, speech_data
 from speechbrain_cald.brain import CALDBrain
@@ -70,7 +69,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return fixtures(tmp_path_factory.mktemp("fixtures"), "tiny")
+    return make_fixtures(tmp_path_factory.mktemp("fixtures"))
 
 
 def train_and_predict(recipe_name, data, output_root):

@@ -27,7 +27,7 @@ import time
 import pytest
 import torch
 import yaml
-from recipe_runner import ROOT, read_table, run_train, train_command
+from recipe_runner import ROOT, make_fixtures, read_table, run_train, train_command
 
 ROW = next(r for r in read_table("recipes.csv") if r["Recipe"] == "TEDLIUM/ASR")
 # the row's tiny model and batches, long enough to be killed in its second epoch, an
@@ -46,13 +46,7 @@ RUN_FOLDER = os.path.join("trajectory", "1986")
 @pytest.fixture(scope="module")
 def tedlium(tmp_path_factory):
     """The tiny TEDLIUM fixture corpus (procedural voices)."""
-    out = tmp_path_factory.mktemp("fixtures")
-    subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "make_fixtures.py"), "--out", str(out)]
-        + ["--corpus", "tedlium", "--size", "tiny", "--synth", "tones"],
-        check=True,
-        capture_output=True,
-    )
+    out = make_fixtures(tmp_path_factory.mktemp("fixtures"), "tedlium")
     return os.path.join(out, ROW["Fixture_root"])
 
 

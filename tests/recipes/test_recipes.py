@@ -10,12 +10,10 @@ YAML as its base.
 
 import os
 import shlex
-import subprocess
-import sys
 
 import pytest
 import ruamel.yaml
-from recipe_runner import ROOT, read_table, run_metrics, run_train
+from recipe_runner import ROOT, make_fixtures, read_table, run_metrics, run_train
 
 from speechbrain_cald.dataprep import iter_lines
 from speechbrain_cald.guidance import RUN_MODES, mode_overrides
@@ -26,20 +24,9 @@ ROWS = read_table("recipes.csv")
 MODES = [(mode, mode_overrides(mode, hybrid_switch_step=2)) for mode in RUN_MODES[1:]]
 
 
-def fixtures(out, size):
-    """Fixture corpora (all three, `--synth tones`) under `out`."""
-    subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "make_fixtures.py"), "--out", str(out)]
-        + ["--corpus", "all", "--size", size, "--synth", "tones"],
-        check=True,
-        capture_output=True,
-    )
-    return out
-
-
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-    return fixtures(tmp_path_factory.mktemp("fixtures"), "tiny")
+    return make_fixtures(tmp_path_factory.mktemp("fixtures"))
 
 
 def train(row, data, output_root, flags=(), extra=None):
@@ -153,7 +140,7 @@ LEARNABLE = {
 @pytest.mark.parametrize("row", ROWS, ids=[r["Recipe"] for r in ROWS])
 def test_learnable_fixture(row, tmp_path_factory, tmp_path):
     """The std teacher learns the task; the target-guided student's LD falls."""
-    data = fixtures(tmp_path_factory.mktemp("learnable"), "learnable")
+    data = make_fixtures(tmp_path_factory.mktemp("learnable"), size="learnable")
     extra = f"{LEARNABLE_MODEL} {LEARNABLE[row['Recipe']]}"
     train(row, data, tmp_path, ["--mode", "std"], extra)
     std = run_metrics(tmp_path, "std")
