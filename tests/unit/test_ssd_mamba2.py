@@ -155,8 +155,21 @@ def test_mamba2_config_in_proj_width_multiple_of_8():
         warnings.simplefilter("error")
         assert Mamba2Config(d_model=768).in_proj_width == 1808
         assert Mamba2Config(d_model=1024).in_proj_width == 2320
-    with pytest.warns(UserWarning, match="multiple of 8"):
-        assert Mamba2Config(d_model=768, headdim=64).in_proj_width == 1804
+        assert Mamba2Config(d_model=768, headdim=64).in_proj_width == 1804  # no CUDA here
+
+
+def test_width_not_multiple_of_8_runs_the_torch_path_where_mamba_ssm_would(monkeypatch):
+    """mamba-ssm's fused kernels fail on such widths: the mixer warns (once) and runs
+    the exact pure-PyTorch path instead; nothing is said where mamba-ssm never runs."""
+    import speechbrain_cald.lobes.mamba2 as mamba2_module
+
+    mixer = Mamba2Mixer(Mamba2Config(d_model=32, headdim=8, d_state=7))  # width 82
+    x = torch.randn(1, 5, 32)
+    expected = mixer(x)
+    monkeypatch.setattr(mamba2_module, "resolve_backend", lambda *args, **kwargs: "mamba_ssm")
+    mamba2_module._warn_width_once.cache_clear()
+    with pytest.warns(UserWarning, match="not a multiple of 8.*pure-PyTorch path"):
+        assert torch.equal(mixer(x), expected)
 
 
 def test_resolve_backend_on_cpu(caplog, monkeypatch):
