@@ -285,6 +285,9 @@ def setup_experiment(argv=None):
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
         overrides=overrides,
+        log_config=run_opts.get("log_config")
+        or hparams.get("log_config")
+        or sb.core.DEFAULT_LOG_CONFIG,
     )
     return hparams, run_opts
 
