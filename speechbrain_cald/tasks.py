@@ -9,18 +9,18 @@ Speech input: ``sig`` = (wavs (batch, samples), relative lengths). Text input:
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 import transformers
 from speechbrain.dataio.batch import PaddedData
-from speechbrain.dataio.encoder import CategoricalEncoder, CTCTextEncoder
+from speechbrain.dataio.encoder import CTCTextEncoder
 from speechbrain.utils.metric_stats import ErrorRateStats, MetricStats
 
 from speechbrain_cald import conversion, hyperyaml, speech_input
+from speechbrain_cald.exports import InferenceExport, export_text_tokenizer, padded_label_encoder
 from speechbrain_cald.masks import lengths_to_mask, masked_mean
-from speechbrain_cald.text_data import TextTokenizer
 
 HEADS_FILE = "heads.pt"
 
@@ -40,44 +40,6 @@ class TaskOutputs:
     hidden_states: tuple
     mask: torch.Tensor
     logits_mask: torch.Tensor = None
-
-
-@dataclass
-class InferenceExport:
-    """What a task adds to an exported inference folder (`inference.export_inference_folder`).
-
-    interface: the `speechbrain_cald.inference` class that loads the folder.
-    output: speech: what `inference.SpeechEncoder` returns ("log_probs" per frame or
-        "pooled" per utterance); None for text models.
-    entries: hyperparams.yaml entries (`hyperyaml` nodes) beside the model's.
-    loadables: Pretrainer loadables {file stem: hyperparams path}.
-    modules: interface modules beyond the model (e.g. "heads").
-    """
-
-    interface: str
-    output: str | None
-    entries: dict = field(default_factory=dict)
-    loadables: dict = field(default_factory=dict)
-    modules: tuple = ()
-
-
-def padded_label_encoder(labels, size):
-    """A new CategoricalEncoder of exactly `size` labels from a CategoricalEncoder or
-    a list of labels (index = position).
-
-    A head may have more outputs than its training set had labels (the recipes size
-    heads for the full corpus): the unused outputs get the labels ``<unused_i>``, so
-    that the interface's ``expect_len`` check holds and every index decodes.
-    """
-    if isinstance(labels, CategoricalEncoder):
-        labels = [labels.ind2lab[i] for i in range(len(labels))]
-    labels = list(labels)
-    if len(labels) > size:
-        raise ValueError(f"{len(labels)} labels for a head with {size} outputs")
-    encoder = CategoricalEncoder()
-    for label in labels + [f"<unused_{i}>" for i in range(len(labels), size)]:
-        encoder.add_label(label)
-    return encoder
 
 
 def classification_heads(head_sizes, hidden_size):
@@ -338,16 +300,6 @@ class UtteranceClassification(SpeechTask):
         )
 
 
-def _export_text_tokenizer(folder, model, tokenizer):
-    """tokenizer.json of an HF fast tokenizer (or a `tokenizers.Tokenizer`) as the
-    folder's `TextTokenizer`; returns (entries, loadables)."""
-    tokenizer = getattr(tokenizer, "backend_tokenizer", tokenizer)
-    pad_id = model.config.pad_token_id or 0
-    TextTokenizer(pad_id, tokenizer).save(os.path.join(folder, "tokenizer.ckpt"))
-    node = hyperyaml.new("speechbrain_cald.text_data.TextTokenizer", pad_id=pad_id)
-    return {"tokenizer": node}, {"tokenizer": "tokenizer"}
-
-
 class SequenceClassification(Task):
     """Text classification with an HF ``*ForSequenceClassification`` model.
 
@@ -374,7 +326,7 @@ class SequenceClassification(Task):
 
     def export_inference(self, folder, model, heads=None, label_encoders=None, tokenizer=None):
         """The tokenizer and the label encoder (default labels "0".."n-1")."""
-        entries, loadables = _export_text_tokenizer(folder, model, tokenizer)
+        entries, loadables = export_text_tokenizer(folder, model, tokenizer)
         n = model.config.num_labels
         labels = label_encoders or [str(i) for i in range(n)]
         padded_label_encoder(labels, n).save(os.path.join(folder, "label_encoder.ckpt"))
@@ -441,5 +393,5 @@ class CausalLM(Task):
     def export_inference(self, folder, model, heads=None, label_encoders=None, tokenizer=None):
         """The tokenizer."""
         return InferenceExport(
-            "TextGenerator", None, *_export_text_tokenizer(folder, model, tokenizer)
+            "TextGenerator", None, *export_text_tokenizer(folder, model, tokenizer)
         )

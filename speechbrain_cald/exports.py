@@ -1,0 +1,58 @@
+"""What tasks write into an exported inference folder besides the model: the
+description they return (`InferenceExport`) and the helpers they share."""
+
+import os
+from dataclasses import dataclass, field
+
+from speechbrain.dataio.encoder import CategoricalEncoder
+
+from speechbrain_cald import hyperyaml
+from speechbrain_cald.text_data import TextTokenizer
+
+
+@dataclass
+class InferenceExport:
+    """What a task adds to an exported inference folder (`inference.export_inference_folder`).
+
+    interface: the `speechbrain_cald.inference` class that loads the folder.
+    output: speech: what `inference.SpeechEncoder` returns ("log_probs" per frame or
+        "pooled" per utterance); None for text models.
+    entries: hyperparams.yaml entries (`hyperyaml` nodes) beside the model's.
+    loadables: Pretrainer loadables {file stem: hyperparams path}.
+    modules: interface modules beyond the model (e.g. "heads").
+    """
+
+    interface: str
+    output: str | None
+    entries: dict = field(default_factory=dict)
+    loadables: dict = field(default_factory=dict)
+    modules: tuple = ()
+
+
+def padded_label_encoder(labels, size):
+    """A new CategoricalEncoder of exactly `size` labels from a CategoricalEncoder or
+    a list of labels (index = position).
+
+    A head may have more outputs than its training set had labels (the recipes size
+    heads for the full corpus): the unused outputs get the labels ``<unused_i>``, so
+    that the interface's ``expect_len`` check holds and every index decodes.
+    """
+    if isinstance(labels, CategoricalEncoder):
+        labels = [labels.ind2lab[i] for i in range(len(labels))]
+    labels = list(labels)
+    if len(labels) > size:
+        raise ValueError(f"{len(labels)} labels for a head with {size} outputs")
+    encoder = CategoricalEncoder()
+    for label in labels + [f"<unused_{i}>" for i in range(len(labels), size)]:
+        encoder.add_label(label)
+    return encoder
+
+
+def export_text_tokenizer(folder, model, tokenizer):
+    """tokenizer.json of an HF fast tokenizer (or a `tokenizers.Tokenizer`) as the
+    folder's `TextTokenizer`; returns (entries, loadables)."""
+    tokenizer = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    pad_id = model.config.pad_token_id or 0
+    TextTokenizer(pad_id, tokenizer).save(os.path.join(folder, "tokenizer.ckpt"))
+    node = hyperyaml.new("speechbrain_cald.text_data.TextTokenizer", pad_id=pad_id)
+    return {"tokenizer": node}, {"tokenizer": "tokenizer"}
