@@ -23,6 +23,16 @@ class WarmupExpDecayHold(WarmAndExpDecayLRSchedule):
     exponential decay to lr * `decay_factor` at `total_steps`), held at that floor
     from `total_steps` on instead of decaying further."""
 
+    def __init__(self, lr, n_warmup_steps, total_steps, decay_factor=0.1):
+        steps_ok = all(isinstance(n, int) for n in (n_warmup_steps, total_steps))
+        if not steps_ok or not 0 <= n_warmup_steps < total_steps:
+            raise ValueError(
+                f"WarmupExpDecayHold needs integers 0 <= n_warmup_steps < total_steps; got "
+                f"n_warmup_steps={n_warmup_steps!r}, total_steps={total_steps!r} (is "
+                "warmup_steps larger than max_steps, or decay_steps negative?)"
+            )
+        super().__init__(lr, n_warmup_steps, total_steps, decay_factor)
+
     def __call__(self, opt):
         past_decay = self.current_step >= self.n_warmup_steps + self.decay_steps
         super().__call__(opt)

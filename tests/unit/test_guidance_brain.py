@@ -456,6 +456,14 @@ def test_speech_lr_schedule_is_held_at_its_floor():
     assert lrs[80:] == [pytest.approx(1.5e-6)] * 20
 
 
+@pytest.mark.parametrize("warmup, total", [(20, "20 + -16"), (20, 4), (-1, 10), (3, 3)])
+def test_speech_lr_schedule_rejects_a_run_shorter_than_its_warmup(warmup, total):
+    """A warm-up longer than the run (hyperpyyaml leaves `20 + -16` unevaluated) is
+    named, not a TypeError inside SpeechBrain or a negative decay."""
+    with pytest.raises(ValueError, match="warmup_steps larger than max_steps"):
+        WarmupExpDecayHold(lr=1e-3, n_warmup_steps=warmup, total_steps=total)
+
+
 def test_lm_recipe_distils_layers_1_to_l_minus_1_not_the_final_norm_output():
     """With the Pile YAML's settings, L_LD is the mean over hidden states 1..L-1 only:
     HF's last GPT-NeoX hidden state is the final-LayerNorm output."""
