@@ -209,9 +209,7 @@ class MambaMixer(nn.Module):
         if conv_context is None:
             conv_context = x.new_zeros(x.shape[0], keep, self.d_inner)
         next_context = torch.cat([conv_context, x[:, -keep:]], dim=1)[:, -keep:]
-        x = F.silu(
-            causal_depthwise_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, conv_context)
-        )
+        x = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias, conv_context))
         if valid is not None:  # padding: no input to the state ...
             x = x * valid.to(x.dtype)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], -1)

@@ -9,7 +9,6 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -109,39 +108,29 @@ def _warn_width_once(width):
 
 def causal_depthwise_conv1d(
     x: torch.Tensor,
-    taps: torch.Tensor,
+    weight: torch.Tensor,
     bias: torch.Tensor | None,
     left_context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal depthwise convolution over time, channels last.
 
-    x `(..., time, channels)`, taps `(channels, k)` (nn.Conv1d's weight[:, 0]) or `(..., 1,
-    channels, k)` broadcasting against x's leading dims (several convolutions at once),
-    bias `(channels,)` or `(..., 1, channels)` -> `(..., time, channels)` with
-    out_t = bias + sum_j taps[..., j] * x_{t - k + 1 + j}. The k - 1 frames before x are zeros, or
-    `left_context` `(..., k - 1, channels)` (the end of the preceding part of the
-    sequence). As k shifted multiply-adds it keeps the (.., l, c) layout of the rest of
-    the mixer, which on CPU is faster than F.conv1d and the transposes around it.
+    x `(batch, time, channels)`, weight `(channels, 1, k)` (nn.Conv1d's), bias `(channels,)`
+    -> `(batch, time, channels)` with out_t = bias + sum_j weight[:, 0, j] * x_{t - k + 1 + j}.
+    The k - 1 frames before x are zeros, or `left_context` `(batch, k - 1, channels)` (the
+    end of the preceding part of the sequence). As k shifted multiply-adds it keeps the
+    (b, l, c) layout of the rest of the mixer, which on CPU is faster than F.conv1d and the
+    transposes around it.
     """
-    k, seqlen = taps.shape[-1], x.shape[-2]
+    k, seqlen = weight.shape[-1], x.shape[1]
     if left_context is None:
-        padded = F.pad(x, (0, 0, k - 1, 0))  # (..., k - 1 + l, c)
+        padded = F.pad(x, (0, 0, k - 1, 0))  # (b, k - 1 + l, c)
     else:
-        padded = torch.cat([left_context, x], dim=-2)
-    first = padded[..., :seqlen, :]
-    out = first * taps[..., 0] if bias is None else torch.addcmul(bias, first, taps[..., 0])
+        padded = torch.cat([left_context, x], dim=1)
+    first = padded[:, :seqlen]
+    out = first * weight[:, 0, 0] if bias is None else torch.addcmul(bias, first, weight[:, 0, 0])
     for j in range(1, k):  # in place: addcmul's backward needs its operands, not `out`
-        out = out.addcmul_(padded[..., j : j + seqlen, :], taps[..., j])
+        out = out.addcmul_(padded[:, j : j + seqlen], weight[:, 0, j])
     return out
-
-
-def rms_norm_gated(x, z, weight, group_size: int, eps: float) -> torch.Tensor:
-    """Grouped RMSNorm of `x * silu(z)` times `weight`, in float32 (mamba_ssm's
-    RMSNormGated, norm_before_gate=False). x, z `(..., hidden)`, weight broadcastable."""
-    gated = x.float() * F.silu(z.float())
-    grouped = gated.unflatten(-1, (-1, group_size))
-    normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
-    return (normed.flatten(-2) * weight.float()).to(x.dtype)
 
 
 class RMSNormGated(nn.Module):
@@ -155,99 +144,10 @@ class RMSNormGated(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """x, z: `(..., hidden_size)` -> `(..., hidden_size)`, computed in float32."""
-        return rms_norm_gated(x, z, self.weight, self.group_size, self.eps)
-
-
-class Mamba2Params(NamedTuple):
-    """The per-channel and per-head parameters of a Mamba2 mixer, between its two
-    projections. One mixer's have their own shapes; several mixers of one config run at
-    once (BiMamba2's two directions) with theirs stacked to broadcast against
-    activations `(mixers, batch, time, ...)`: `(mixers, 1, 1, ...)`."""
-
-    conv_taps: torch.Tensor  # (conv_dim, d_conv): conv1d.weight[:, 0]
-    conv_bias: torch.Tensor | None  # (conv_dim,)
-    dt_bias: torch.Tensor  # (nheads,)
-    A_log: torch.Tensor  # (nheads,)
-    D: torch.Tensor  # (nheads,)
-    norm_weight: torch.Tensor  # (d_inner,)
-
-
-def mix_projected(zxbcdt, params, cfg, conv_context=None, state=None, mask=None, scan="torch"):
-    """A Mamba2 mixer between in_proj and out_proj, on frames that follow a part of the
-    sequence whose last k - 1 conv inputs are `conv_context` and whose SSM state is
-    `state` (None: the sequence starts here).
-
-    zxbcdt `(*lead, time, in_proj_width)`: lead is `(batch,)` for one mixer, `(mixers,
-    batch)` for several (see `Mamba2Params`); mask `(*lead, time)` marks valid frames;
-    conv_context `(*lead, k - 1, conv_dim)`; state `(prod(lead), nheads, d_state,
-    headdim)`. Returns (y `(*lead, time, d_inner)` gated and normalised, conv_context,
-    state) for the next frames; `scan="mamba_ssm"` runs the CUDA kernel on a whole
-    input (one mixer; no context or state back).
-    """
-    *lead, seqlen, _ = zxbcdt.shape
-    z, xBC, dt = zxbcdt.split([cfg.d_inner, cfg.conv_dim, cfg.nheads], dim=-1)
-    valid = None if mask is None else mask[..., None].to(xBC.dtype)  # (*lead, l, 1)
-    if valid is not None:  # padding: zero conv inputs, as before a sequence's start
-        xBC = xBC * valid
-    if conv_context is None:  # the sequence starts here: zeros before it
-        conv_context = xBC.new_zeros(*lead, cfg.d_conv - 1, cfg.conv_dim)
-    keep = cfg.d_conv - 1  # conv inputs carried over: this block's last ones, or
-    # (a block shorter than that) the end of the context before it; no full-block copy
-    next_context = torch.cat([conv_context, xBC[..., -keep:, :]], dim=-2)[..., -keep:, :]
-    xBC = F.silu(causal_depthwise_conv1d(xBC, params.conv_taps, params.conv_bias, conv_context))
-    if valid is not None:  # padding: no input to the state (x = B = 0) ...
-        xBC = xBC * valid
-    x, B, C = xBC.split([cfg.d_inner, cfg.ngroups * cfg.d_state, cfg.ngroups * cfg.d_state], -1)
-    heads = (-1, seqlen, cfg.nheads, cfg.headdim)  # every mixer's sequences on one batch axis
-    x = x.reshape(heads)
-    B = B.reshape(-1, seqlen, cfg.ngroups, cfg.d_state)
-    C = C.reshape(-1, seqlen, cfg.ngroups, cfg.d_state)
-    A = -torch.exp(params.A_log.float())  # (h,) or (mixers, 1, 1, h)
-    if A.dim() > 1:  # each sequence its own mixer's decays: (mixers * batch, 1, h)
-        A = A.expand(*lead, 1, cfg.nheads).reshape(-1, 1, cfg.nheads)
-
-    if scan == "mamba_ssm":
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-
-        dt = dt.reshape(-1, seqlen, cfg.nheads)
-        y = mamba_chunk_scan_combined(
-            x, dt, A, B, C, cfg.chunk_size, D=params.D, dt_bias=params.dt_bias, dt_softplus=True
-        )
-        next_context = state = None
-    else:
-        dt = F.softplus(dt + params.dt_bias)  # (*lead, l, h)
-        if valid is not None:  # ... and no decay of it (dt = 0)
-            dt = dt * valid
-        y, state = ssd_chunked(
-            x,
-            dt.reshape(-1, seqlen, cfg.nheads),
-            A,
-            B,
-            C,
-            cfg.torch_chunk_size,
-            initial_state=state,
-            return_final_state=True,
-        )
-        y, x = y.view(*lead, *y.shape[1:]), x.view(*lead, *x.shape[1:])  # (*lead, l, h, p)
-        y = torch.addcmul(y, x, params.D[..., None].to(x.dtype))  # y + D x
-    y = y.reshape(*lead, seqlen, cfg.d_inner)
-    group = cfg.d_inner // cfg.ngroups
-    return rms_norm_gated(y, z, params.norm_weight, group, cfg.norm_eps), next_context, state
-
-
-def in_time_blocks(block_fn, hidden_states, block_size, mask=None, state=None):
-    """Run a mixer over consecutive blocks of `block_size` frames (time at dim -2),
-    carrying its state: `block_fn(block, block_mask, conv_context, ssm_state) -> (out,
-    conv_context, ssm_state)`. Returns (out over the whole time, the last state)."""
-    conv_context, ssm_state = state if state is not None else (None, None)
-    n_blocks = -(-hidden_states.shape[-2] // block_size)
-    masks = [None] * n_blocks if mask is None else mask.split(block_size, dim=-1)
-    outputs = []
-    for block, block_mask in zip(hidden_states.split(block_size, dim=-2), masks):
-        out, conv_context, ssm_state = block_fn(block, block_mask, conv_context, ssm_state)
-        outputs.append(out)
-    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-2)
-    return out, (conv_context, ssm_state)
+        gated = x.float() * F.silu(z.float())
+        grouped = gated.unflatten(-1, (-1, self.group_size))
+        normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed.flatten(-2) * self.weight.float()).to(x.dtype)
 
 
 class Mamba2Mixer(nn.Module):
@@ -290,17 +190,6 @@ class Mamba2Mixer(nn.Module):
         self.A_log.copy_(torch.empty(cfg.nheads).uniform_(*cfg.A_init_range).log())
         self.D.fill_(1.0)
 
-    def ssm_parameters(self) -> Mamba2Params:
-        """This mixer's per-channel / per-head parameters, as `mix_projected` takes them."""
-        return Mamba2Params(
-            self.conv1d.weight[:, 0],
-            self.conv1d.bias,
-            self.dt_bias,
-            self.A_log,
-            self.D,
-            self.norm.weight,
-        )
-
     def forward(self, hidden_states, attention_mask=None, state=None, return_state=False):
         """hidden_states `(batch, time, d_model)` -> `(batch, time, d_model)`.
 
@@ -319,20 +208,67 @@ class Mamba2Mixer(nn.Module):
             backend = "torch"
         stateless = state is None and not return_state and attention_mask is None
         if backend == "mamba_ssm" and stateless:
-            zxbcdt = self.in_proj(hidden_states)
-            y, _, _ = mix_projected(zxbcdt, self.ssm_parameters(), cfg, scan="mamba_ssm")
-            return self.out_proj(y)
-
-        def block_fn(block, mask, conv_context, ssm_state):
-            y, conv_context, ssm_state = mix_projected(
-                self.in_proj(block), self.ssm_parameters(), cfg, conv_context, ssm_state, mask
+            return self._forward_block(hidden_states, "mamba_ssm")[0]
+        conv_context, ssm_state = state if state is not None else (None, None)
+        masks = [None] * -(-hidden_states.shape[1] // cfg.torch_time_block)
+        if attention_mask is not None:
+            masks = attention_mask.split(cfg.torch_time_block, dim=1)
+        outputs = []
+        for block, mask in zip(hidden_states.split(cfg.torch_time_block, dim=1), masks):
+            out, conv_context, ssm_state = self._forward_block(
+                block, "torch", conv_context, ssm_state, mask
             )
-            return self.out_proj(y), conv_context, ssm_state
+            outputs.append(out)
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return (out, (conv_context, ssm_state)) if return_state else out
 
-        out, state = in_time_blocks(
-            block_fn, hidden_states, cfg.torch_time_block, attention_mask, state
+    def _forward_block(self, hidden_states, backend, conv_context=None, state=None, mask=None):
+        """The mixer on `(batch, time, d_model)` frames that follow a part of the sequence
+        whose last k - 1 conv inputs are `conv_context` and whose SSM state is `state`
+        (None: the sequence starts here); `mask` `(batch, time)` marks valid frames.
+        Returns (output, conv_context, state) for the next block (the last two None with
+        the mamba_ssm backend, which takes whole inputs).
+        """
+        cfg = self.config
+        batch, seqlen, _ = hidden_states.shape
+        zxbcdt = self.in_proj(hidden_states)  # (b, l, in_proj_width)
+        z, xBC, dt = zxbcdt.split([cfg.d_inner, cfg.conv_dim, cfg.nheads], dim=-1)
+        valid = None if mask is None else mask[..., None].to(xBC.dtype)  # (b, l, 1)
+        if valid is not None:  # padding: zero conv inputs, as before a sequence's start
+            xBC = xBC * valid
+        if conv_context is None:  # the sequence starts here: zeros before it
+            conv_context = xBC.new_zeros(batch, cfg.d_conv - 1, cfg.conv_dim)
+        keep = cfg.d_conv - 1  # conv inputs carried over: this block's last ones, or
+        # (a block shorter than that) the end of the context before it; no full-block copy
+        next_context = torch.cat([conv_context, xBC[:, -keep:]], dim=1)[:, -keep:]
+        xBC = F.silu(
+            causal_depthwise_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, conv_context)
         )
-        return (out, state) if return_state else out
+        if valid is not None:  # padding: no input to the state (x = B = 0) ...
+            xBC = xBC * valid
+        x, B, C = xBC.split([cfg.d_inner, cfg.ngroups * cfg.d_state, cfg.ngroups * cfg.d_state], -1)
+        x = x.view(batch, seqlen, cfg.nheads, cfg.headdim)
+        B = B.view(batch, seqlen, cfg.ngroups, cfg.d_state)
+        C = C.view(batch, seqlen, cfg.ngroups, cfg.d_state)
+        A = -torch.exp(self.A_log.float())  # (h,)
+
+        if backend == "mamba_ssm":
+            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+            y = mamba_chunk_scan_combined(
+                x, dt, A, B, C, cfg.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True
+            )
+            next_context = state = None
+        else:
+            dt = F.softplus(dt + self.dt_bias)  # (b, l, h)
+            if valid is not None:  # ... and no decay of it (dt = 0)
+                dt = dt * valid
+            y, state = ssd_chunked(
+                x, dt, A, B, C, cfg.torch_chunk_size, initial_state=state, return_final_state=True
+            )
+            y = torch.addcmul(y, x, self.D[:, None].to(x.dtype))  # y + D x, (b, l, h, p)
+        y = self.norm(y.reshape(batch, seqlen, cfg.d_inner), z)
+        return self.out_proj(y), next_context, state
 
     def step(self, hidden_states, state):
         """One new token `(batch, 1, d_model)` after the tokens that left `state`

@@ -11,7 +11,7 @@ from speechbrain_cald.lobes.bimamba2 import (
     init_bimamba2_from_attention,
     mamba2_config_for_attention_init,
 )
-from speechbrain_cald.lobes.mamba2 import Mamba2Config, Mamba2Mixer
+from speechbrain_cald.lobes.mamba2 import Mamba2Config
 from speechbrain_cald.lobes.masking import valid_mask
 
 pytestmark = pytest.mark.filterwarnings("ignore:Mamba2 in_proj width:UserWarning")
@@ -98,54 +98,3 @@ def test_attention_init_shapes_and_weights():
         assert torch.equal(w[:d], old[:d]) and torch.equal(w[-cfg.nheads :], old[-cfg.nheads :])
     with pytest.raises(ValueError):
         init_bimamba2_from_attention(BiMamba2(Mamba2Config(64, headdim=16)), q, k, v, o, heads)
-
-
-@pytest.mark.parametrize("time_block, conv_bias", [(1024, True), (6, False)])
-def test_fused_directions_equal_the_two_mixers_on_each_utterance(time_block, conv_bias):
-    """The fused pure-PyTorch path (both directions as one batch) on a padded batch =
-    per utterance, unpadded, `forward_mixer(x) + flip(backward_mixer(flip(x)))` run as
-    two separate `Mamba2Mixer`s: outputs, input gradients and every parameter's gradient
-    (summed over the utterances), 1e-5 relative; also in time blocks of 6 frames (not
-    dividing the lengths), which carry both directions' conv context and state."""
-    torch.manual_seed(random.randrange(2**31))
-    cfg = Mamba2Config(
-        d_model=32, d_state=8, headdim=8, ngroups=2, torch_chunk_size=8,
-        torch_time_block=time_block, conv_bias=conv_bias, backend="torch",
-    )  # fmt: skip
-    layer = BiMamba2(cfg)
-    with torch.no_grad():  # distinct directions: a swap of their parameters must show
-        for p in layer.backward_mixer.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    x = torch.randn(len(N_VALID), TIME, cfg.d_model, requires_grad=True)
-    weight = torch.randn(len(N_VALID), TIME, cfg.d_model)
-    y = layer(x, lengths=torch.tensor(N_VALID) / TIME)
-    (y * weight).sum().backward()
-    fused_grads = {name: p.grad.clone() for name, p in layer.named_parameters()}
-    layer.zero_grad()
-    for b, n in enumerate(N_VALID):
-        alone = x[b : b + 1, :n].detach().requires_grad_()
-        y_alone = layer.forward_mixer(alone) + layer.backward_mixer(alone.flip(1)).flip(1)
-        (y_alone * weight[b : b + 1, :n]).sum().backward()
-        assert rel_err(y[b, :n], y_alone[0]) < 1e-5
-        assert rel_err(x.grad[b, :n], alone.grad[0]) < 1e-5
-    for name, p in layer.named_parameters():
-        assert rel_err(fused_grads[name], p.grad) < 1e-5, name
-
-
-def test_state_dict_is_the_two_mixers():
-    """The fused layer keeps two Mamba2Mixers' state dicts: each loads into a standalone
-    mixer (mamba_ssm.Mamba2's names) and back, and the layer computes the same after."""
-    cfg = Mamba2Config(d_model=32, d_state=8, headdim=8, torch_chunk_size=8)
-    layer, other = BiMamba2(cfg), BiMamba2(cfg)
-    x = torch.randn(2, 11, cfg.d_model)
-    for direction in ("forward_mixer", "backward_mixer"):
-        prefix = f"{direction}."
-        own = {k[len(prefix) :]: v for k, v in layer.state_dict().items() if k.startswith(prefix)}
-        standalone = Mamba2Mixer(cfg)
-        standalone.load_state_dict(own)  # strict: the same keys and shapes
-        getattr(other, direction).load_state_dict(standalone.state_dict())
-    assert torch.equal(other(x), layer(x))
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
