@@ -23,8 +23,8 @@ Not a test. One run measures, on this machine, and prints (and writes as CSV + P
 3. The SSD scan backends on BiMamba2 shapes: ours vs transformers' Mamba2 PyTorch path
    (`bench_bimamba2.py`'s measurement, reused).
 
-Default: wav2vec2-base dims, 2 threads, audio of 10, 60 and 120 s, 3 repeats (about 4.5
-min on an idle 2-core CPU); `--full` sweeps 10 s to 10 min (10 min alone, one repeat: 10
+Default: wav2vec2-base dims, 2 threads, audio of 3, 10, 30 and 60 s (the recipes'
+utterances are 3-20 s), 3 repeats; `--full` sweeps 10 s to 10 min (10 min alone, one repeat: 10
 min); `--large` uses wav2vec2-large dims.
 Every process runs with machine.MALLOC_ENV (see there; `--plain-malloc` to measure without).
 
@@ -57,7 +57,7 @@ from speechbrain_cald.lobes.mamba2 import Mamba2Config  # noqa: E402
 from speechbrain_cald.speech_input import speech_model_forward  # noqa: E402
 
 SAMPLE_RATE = 16000
-DEFAULT_SECONDS = [10, 60, 120]
+DEFAULT_SECONDS = [3, 10, 30, 60]
 FULL_SECONDS = [10, 30, 60, 120, 300, 600]
 LARGE = dict(
     hidden_size=1024,
