@@ -1,0 +1,83 @@
+"""The FSDD recipes on a Whisper encoder (hparams/whisper_sid.yaml, whisper_asr.yaml)
+run as their README says, on part of the shipped FSDD subset with a tiny random
+Whisper folder in place of tiny.en: speaker ID through the whole workflow (every
+mode), digit-string CTC ASR std then target; each run tested and exported."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from recipe_runner import ROOT, run_metrics
+from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+from speechbrain_cald.guidance import RUN_MODES
+
+RECIPE = os.path.join(ROOT, "recipes", "FSDD")
+TINY_RUN = [
+    "--max_steps", "4", "--eval_every_steps", "2", "--waypoint_every", "2",
+    "--warmup_steps", "1", "--batch_size", "2", "--eval_batch_size", "4",
+    "--student_mixer_config", "{d_state: 8, headdim: 8, chunk_size: 16}",
+    "--device", "cpu", "--noprogressbar",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def whisper_and_data(tmp_path_factory):
+    """(tiny random Whisper folder, FSDD folder: 3 speakers x 10 digits x indices 5-8)."""
+    root = tmp_path_factory.mktemp("fsdd_whisper")
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=8, d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_source_positions=1500, max_target_positions=8, pad_token_id=0, bos_token_id=1,
+        eos_token_id=0, decoder_start_token_id=1,
+    )  # fmt: skip
+    WhisperModel(config).save_pretrained(root / "whisper")
+    WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(root / "whisper")
+    shipped = os.path.join(ROOT, "recipes", "Demo", "data", "fsdd_subset", "recordings")
+    data = root / "data" / "recordings"
+    data.mkdir(parents=True)
+    for name in os.listdir(shipped):
+        _, speaker, index = name[:-4].split("_")
+        if speaker in ("george", "jackson", "theo") and int(index) <= 8:
+            shutil.copy(os.path.join(shipped, name), data / name)
+    return root / "whisper", data.parent
+
+
+def run(args, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    result = subprocess.run(
+        [sys.executable, *args], cwd=RECIPE, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_speaker_id_workflow(whisper_and_data, tmp_path):
+    whisper, data = whisper_and_data
+    prepare = (
+        "{sample_rate: 16000, heldout_indices: 1, max_train_per_class: 4, limit_column: speaker}"
+    )
+    overrides = ["--data_folder", str(data), "--source_hub", str(whisper)]
+    overrides += ["--prepare_options", prepare, "--num_classes", "{speaker: 3}"]
+    overrides += ["--output_root", str(tmp_path), *TINY_RUN]
+    workflow = ["-m", "speechbrain_cald.workflow", "hparams/whisper_sid.yaml"]
+    run([*workflow, "--hybrid_switch_step", "2", "--", *overrides], tmp_path)
+    for mode in RUN_MODES:
+        metrics = run_metrics(tmp_path, mode)
+        assert 0 <= metrics["acc"] <= 1, (mode, metrics)
+        assert os.path.isfile(tmp_path / mode / "1986" / "inference" / "hyperparams.yaml")
+
+
+def test_digit_string_asr(whisper_and_data, tmp_path):
+    whisper, data = whisper_and_data
+    prepare = "{sample_rate: 16000, heldout_indices: 1, utterances: [8, 4, 4], digits: [2, 3]}"
+    overrides = ["--data_folder", str(data), "--source_hub", str(whisper)]
+    overrides += ["--prepare_options", prepare, "--output_root", str(tmp_path), *TINY_RUN]
+    for mode in ("std", "target"):
+        run(["train_asr.py", "hparams/whisper_asr.yaml", "--mode", mode, *overrides], tmp_path)
+        metrics = run_metrics(tmp_path, mode)
+        assert metrics["WER"] >= 0 and metrics["CER"] >= 0, (mode, metrics)
+    assert (tmp_path / "std" / "1986" / "inference" / "hyperparams.yaml").is_file()
