@@ -89,13 +89,14 @@ def wav2vec2_config(large: bool) -> Wav2Vec2Config:
     return config
 
 
-def build(kind: str, large: bool) -> torch.nn.Module:
-    """Random-weight Wav2Vec2Model ("teacher") or its converted student, in eval mode."""
+def build(kind: str, large: bool, mixer_config: dict) -> torch.nn.Module:
+    """Random-weight Wav2Vec2Model ("teacher") or its converted student (BiMamba2 with
+    `mixer_config` overriding the default mixer config), in eval mode."""
     torch.manual_seed(0)
     model = Wav2Vec2Model(wav2vec2_config(large)).eval()
     speech_input.attach_feature_extractor(model, speech_input.feature_extractor_for())
     if kind == "student":
-        model = convert_to_student(model)[0].eval()
+        model = convert_to_student(model, student_config(mixer_config))[0].eval()
     return model
 
 
@@ -138,9 +139,15 @@ def model_flops(config: Wav2Vec2Config, mixer: Mamba2Config | None, samples: int
     return {"cnn": cnn, "mixing": mixing, "ffn": ffn, "other": other, "frames": frames}
 
 
-def student_mixer_config(config: Wav2Vec2Config) -> Mamba2Config:
-    """The Mamba2Config `convert_to_student` gives this model by default."""
-    return Mamba2Config(d_model=config.hidden_size, **StudentConfig().mixer_config)
+def student_config(mixer_config: dict) -> StudentConfig:
+    """The default StudentConfig with `mixer_config` (e.g. {"d_state": 64}) on top."""
+    default = StudentConfig()
+    return StudentConfig(mixer_config={**default.mixer_config, **mixer_config})
+
+
+def student_mixer_config(config: Wav2Vec2Config, mixer_config: dict) -> Mamba2Config:
+    """The Mamba2Config `convert_to_student` gives this model's student."""
+    return Mamba2Config(d_model=config.hidden_size, **student_config(mixer_config).mixer_config)
 
 
 # ---------------------------------------------------------------------------------
@@ -178,7 +185,7 @@ class SplitTimer:
 def infer_child(kind: str, seconds: float, args: argparse.Namespace) -> dict:
     """Measure one (model, audio length) in this process."""
     large, repeats = args.large, args.repeats
-    model = build(kind, large)
+    model = build(kind, large, args.mixer_config)
     layers = model.encoder.layers
     timer = SplitTimer(
         {
@@ -215,7 +222,7 @@ def run_child(args: argparse.Namespace, *child: str) -> dict:
     """This script with `--child ...` in a fresh process -> its JSON result."""
     cmd = [sys.executable, __file__, "--threads", str(args.threads), "--repeats"]
     cmd += [str(args.repeats), *(["--large"] if args.large else [])]
-    cmd += ["--cnn-chunk", str(args.cnn_chunk)]
+    cmd += ["--cnn-chunk", str(args.cnn_chunk), "--mixer-config", json.dumps(args.mixer_config)]
     cmd += [*(["--plain-malloc"] if args.plain_malloc else []), "--child", *child]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -239,7 +246,7 @@ def crossover(rows: list[dict]) -> str:
 def inference_section(args) -> list[dict]:
     """Section 1: measure, print and return one row per audio length."""
     config = wav2vec2_config(args.large)
-    mixer = student_mixer_config(config)
+    mixer = student_mixer_config(config, args.mixer_config)
     rows = []
     header = (
         f"{'seconds':>7} {'frames':>6} {'model':>7} {'total s':>8} {'cnn s':>7} {'mixing s':>8}"
@@ -343,9 +350,11 @@ def training_section(args) -> list[dict]:
         model.save_pretrained(tmp)
         modes = {
             "teacher fine-tuning (std)": g.Std(tmp),
-            "student fine-tuning (unguided)": g.Unguided(tmp, StudentConfig()),
+            "student fine-tuning (unguided)": g.Unguided(tmp, student_config(args.mixer_config)),
             "CALD target-guided": g.Target(
-                tmp, StudentConfig(), CALDLossWeights(task=1.0, kd=1.0, ld=15.0)
+                tmp,
+                student_config(args.mixer_config),
+                CALDLossWeights(task=1.0, kd=1.0, ld=15.0),
             ),
         }
         for name, guidance in modes.items():
@@ -455,6 +464,12 @@ def main():
         help="CNN feature chunk in frames for both models (0: whole waveform)",
     )
     parser.add_argument("--plain-malloc", action="store_true", help="no MALLOC_ENV")
+    parser.add_argument(
+        "--mixer-config",
+        type=json.loads,
+        default={},
+        help="student mixer overrides as JSON, e.g. '{\"d_state\": 64}' (a cheaper student)",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     malloc = machine.use_malloc_env(args.plain_malloc)
