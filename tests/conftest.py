@@ -1,6 +1,8 @@
 """Shared pytest set-up: offline HF hub, deterministic seeds, GPU marker handling."""
 
 import os
+import threading
+import time
 
 import pytest
 import torch
@@ -25,9 +27,21 @@ def _seed():
 
 
 # Progress of the slow recipe tests (subprocess trainings of tens of seconds each):
-# each is named when it starts and timed when it ends, and the summary totals them,
-# so the test command never sits silent for minutes.
+# each is named when it starts, says it is still running every HEARTBEAT seconds, and
+# is timed when it ends; the summary totals them. The test command is never silent
+# for more than HEARTBEAT seconds.
 _RECIPE_TIMES = {}
+HEARTBEAT = 30
+_RUNNING = {}
+
+
+def _heartbeat(reporter, stop):
+    """Every HEARTBEAT s until `stop`: a line past pytest's output capture (the test's
+    own thread is waiting on its training subprocess meanwhile)."""
+    start = time.monotonic()
+    while not stop.wait(HEARTBEAT):
+        with _REPORTER["capture"].global_and_fixture_disabled():
+            reporter.write_line(f"[recipe test]   still running, {time.monotonic() - start:.0f} s")
 
 
 def _is_recipe_test(nodeid):
@@ -38,6 +52,9 @@ def pytest_runtest_logstart(nodeid, location):
     reporter = _REPORTER.get("terminal")
     if reporter is not None and _is_recipe_test(nodeid):
         reporter.write_line(f"[recipe test] {nodeid} ...", flush=True)
+        stop = threading.Event()
+        threading.Thread(target=_heartbeat, args=(reporter, stop), daemon=True).start()
+        _RUNNING[nodeid] = stop
 
 
 def pytest_runtest_logreport(report):
@@ -48,11 +65,17 @@ def pytest_runtest_logreport(report):
             reporter.write_line(f"[recipe test] {report.outcome} in {report.duration:.0f} s")
 
 
+def pytest_runtest_logfinish(nodeid, location):
+    if nodeid in _RUNNING:  # after teardown, whatever the outcome
+        _RUNNING.pop(nodeid).set()
+
+
 _REPORTER = {}
 
 
 def pytest_sessionstart(session):
     _REPORTER["terminal"] = session.config.pluginmanager.get_plugin("terminalreporter")
+    _REPORTER["capture"] = session.config.pluginmanager.get_plugin("capturemanager")
 
 
 def pytest_terminal_summary(terminalreporter):
