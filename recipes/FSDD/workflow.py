@@ -43,10 +43,10 @@ def prepare_override(**options):
     return ["--prepare_options", f"{{{fields}}}"]
 
 
-def train(data_folder, output_root, args):
-    """One `train.py` run in-process (the same overrides as on the command line);
-    returns its test stats (`test_metrics.json`)."""
-    argv = [HPARAMS, "--data_folder", data_folder, "--output_root", output_root]
+def train(data_folder, output_root, args, hparams=HPARAMS):
+    """One `train.py` run of `hparams` in-process (the same overrides as on the command
+    line); returns its test stats (`test_metrics.json`)."""
+    argv = [hparams, "--data_folder", data_folder, "--output_root", output_root]
     return experiment.main(
         prepare_fsdd, speech_data.classification_datasets, argv=argv + list(args)
     )
@@ -84,8 +84,14 @@ def run_workflow(
     train_per_speaker=None,
     heldout_indices=5,
     log=print,
+    source_hub=None,
+    task_hparams=HPARAMS,
 ):
     """Task-A pretraining, then std and `modes` on task B for every seed.
+
+    With `source_hub` (a pretrained checkpoint: hub id or folder, e.g. Whisper
+    tiny.en) there is no task A: task B starts from it, with `task_hparams` (e.g.
+    hparams/whisper_sid.yaml, whose heads are already the speakers').
 
     pretrain_args / task_args: train.py overrides of the digit run / the speaker
     runs; common_args go to both (e.g. a smaller model). hybrid_switch_step defaults
@@ -99,17 +105,20 @@ def run_workflow(
     data_folder = os.path.abspath(data_folder)
     digits_root = os.path.join(os.path.abspath(output_root), "digits")
     speaker_root = os.path.join(os.path.abspath(output_root), "speaker")
-    task_args = [*TASK_B, *common_args, *task_args]  # limited data regime of task B:
+    task_b = TASK_B if task_hparams == HPARAMS else []
+    task_args = [*task_b, *common_args, *task_args]  # limited data regime of task B:
     task_args += prepare_override(
         heldout_indices=heldout_indices, max_train_per_class=train_per_speaker
     )
-    pretrain = [*TASK_A, "--mode", "std", "--freeze_feature_encoder", "False"]
-    pretrain += prepare_override(heldout_indices=heldout_indices, limit_column="digit")
-    pretrain += ["--seed", str(seeds[0])]
-    log("== task A (digit recognition): std training of the random Wav2Vec2 ==")
-    pretrain_stats = train(data_folder, digits_root, [*pretrain, *common_args, *pretrain_args])
-    log(f"   digits: test acc {pretrain_stats['acc']:.3f}")
-    hub = os.path.join(run_folder(digits_root, "std", seeds[0]), "best_model")
+    pretrain_stats, hub = None, source_hub
+    if source_hub is None:
+        pretrain = [*TASK_A, "--mode", "std", "--freeze_feature_encoder", "False"]
+        pretrain += prepare_override(heldout_indices=heldout_indices, limit_column="digit")
+        pretrain += ["--seed", str(seeds[0])]
+        log("== task A (digit recognition): std training of the random Wav2Vec2 ==")
+        pretrain_stats = train(data_folder, digits_root, [*pretrain, *common_args, *pretrain_args])
+        log(f"   digits: test acc {pretrain_stats['acc']:.3f}")
+        hub = os.path.join(run_folder(digits_root, "std", seeds[0]), "best_model")
     runs = {}
     for seed in seeds:
         for mode in ["std", *[m for m in modes if m != "std"]]:
@@ -122,14 +131,18 @@ def run_workflow(
                 switch = int(max(row.get("step", 0) for row in log_rows)) // 2
             args = ["--source_hub", hub, "--seed", str(seed), *mode_overrides(mode, switch)]
             start = time.time()
-            stats = train(data_folder, speaker_root, [*args, *task_args])
+            stats = train(data_folder, speaker_root, [*args, *task_args], task_hparams)
             stats["seconds"] = time.time() - start
             runs.setdefault(mode, {})[seed] = stats
             log(f"   {mode}: test acc {stats['acc']:.3f} ({stats['seconds']:.0f} s)")
     return {
         "pretrain": pretrain_stats,
         "runs": runs,
-        "folders": {"speaker_root": speaker_root, "pretrained": hub},
+        # the starting model as the runs saved it (a Whisper checkpoint: its encoder)
+        "folders": {
+            "speaker_root": speaker_root,
+            "pretrained": os.path.join(speaker_root, "pretrained"),
+        },
     }
 
 

@@ -4,6 +4,7 @@ subprocess (the README command), and the metric files a finished run must leave.
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -52,3 +53,34 @@ def run_metrics(output_root, run_name, seed="1986"):
     assert os.path.isfile(os.path.join(folder, "best_model", "config.json"))
     with open(os.path.join(folder, "test_metrics.json"), encoding="utf-8") as f:
         return json.load(f)
+
+
+def tiny_whisper_folder(folder):
+    """A tiny random Whisper checkpoint (2 encoder layers, width 16, 80 mel bins) with its
+    feature extractor, saved to `folder`, standing in for tiny.en; returns `folder`."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=8, d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_source_positions=1500, max_target_positions=8, pad_token_id=0, bos_token_id=1,
+        eos_token_id=0, decoder_start_token_id=1,
+    )  # fmt: skip
+    WhisperModel(config).save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(folder)
+    return folder
+
+
+def shipped_fsdd_part(out, speakers=("george", "jackson", "theo"), last_index=8):
+    """Part of the shipped FSDD subset (recipes/Demo/data), copied to `out/recordings`:
+    `speakers`, indices 5..`last_index`; returns `out`."""
+    shipped = os.path.join(ROOT, "recipes", "Demo", "data", "fsdd_subset", "recordings")
+    recordings = os.path.join(out, "recordings")
+    os.makedirs(recordings)
+    for name in os.listdir(shipped):
+        _, speaker, index = name[:-4].split("_")
+        if speaker in speakers and int(index) <= last_index:
+            shutil.copy(os.path.join(shipped, name), os.path.join(recordings, name))
+    return out

@@ -3,14 +3,13 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
-from recipe_runner import ROOT
+from recipe_runner import ROOT, shipped_fsdd_part, tiny_whisper_folder
 
 from speechbrain_cald.dataprep import DataPrepError, read_csv_manifest
 
@@ -76,21 +75,19 @@ def test_split_errors(tmp_path):
         fsdd_prepare.prepare_fsdd(data, tmp_path / "m", heldout_indices=1)
 
 
-def test_demo_workflow_tiny(tmp_path):
-    """The demo at minimum size on part of the shipped corpus: every run is tested,
-    the students reload through the inference interface and predict what the
-    training code predicts, the final table and the two PNGs are written."""
-    shipped = os.path.join(ROOT, "recipes", "Demo", "data", "fsdd_subset", "recordings")
-    data = tmp_path / "data" / "recordings"  # 3 speakers, indices 5-8 of the shipped files
-    data.mkdir(parents=True)
-    for name in os.listdir(shipped):
-        digit, speaker, index = name[:-4].split("_")
-        if speaker in ("george", "jackson", "theo") and int(index) <= 8:
-            shutil.copy(os.path.join(shipped, name), data / name)
+@pytest.mark.parametrize("source", ["digits", "whisper"])
+def test_demo_workflow_tiny(tmp_path, source):
+    """The demo at minimum size on part of the shipped corpus, from the digit-trained
+    Wav2Vec2 or from a (tiny random) Whisper: every run is tested, the students reload
+    through the inference interface and predict what the training code predicts, the
+    final table and the two PNGs are written."""
+    data = shipped_fsdd_part(tmp_path / "data")  # 3 speakers, indices 5-8
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
     cmd = [sys.executable, os.path.join(ROOT, "recipes", "Demo", "run_demo.py"), "--tiny"]
     cmd += ["--threads", "1", "--long_seconds", "5", "--output_root", str(tmp_path)]
-    cmd += ["--data_folder", str(data.parent)]
+    cmd += ["--data_folder", str(data), "--source", source]
+    if source == "whisper":
+        cmd += ["--whisper", str(tiny_whisper_folder(tmp_path / "whisper"))]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
@@ -103,8 +100,9 @@ def test_demo_workflow_tiny(tmp_path):
         assert prediction["inference"] == prediction["training"], name
     shifts = summary["feature_shift"]
     assert set(shifts) == {"pretrained -> std teacher", *[f"teacher -> {m}" for m in models[1:]]}
-    assert all(len(v) == 2 for v in shifts.values())  # embeddings + the 1 layer
-    assert shifts["teacher -> unguided"][1] > 0  # a converted layer differs from attention
+    layers = 2 if source == "digits" else 3  # embeddings + the tiny models' 1 or 2 layers
+    assert all(len(v) == layers for v in shifts.values())
+    assert shifts["teacher -> unguided"][-1] > 0  # a converted layer differs from attention
     for png in ("training_curves.png", "feature_shift.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for run in ("std", "target", "hybrid", "unguided"):

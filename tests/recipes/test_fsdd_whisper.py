@@ -4,14 +4,11 @@ Whisper folder in place of tiny.en: speaker ID through the whole workflow (every
 mode), digit-string CTC ASR std then target; each run tested and exported."""
 
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
-import torch
-from recipe_runner import ROOT, run_metrics
-from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+from recipe_runner import ROOT, run_metrics, shipped_fsdd_part, tiny_whisper_folder
 
 from speechbrain_cald.guidance import RUN_MODES
 
@@ -28,23 +25,7 @@ TINY_RUN = [
 def whisper_and_data(tmp_path_factory):
     """(tiny random Whisper folder, FSDD folder: 3 speakers x 10 digits x indices 5-8)."""
     root = tmp_path_factory.mktemp("fsdd_whisper")
-    torch.manual_seed(0)
-    config = WhisperConfig(
-        vocab_size=8, d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        max_source_positions=1500, max_target_positions=8, pad_token_id=0, bos_token_id=1,
-        eos_token_id=0, decoder_start_token_id=1,
-    )  # fmt: skip
-    WhisperModel(config).save_pretrained(root / "whisper")
-    WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(root / "whisper")
-    shipped = os.path.join(ROOT, "recipes", "Demo", "data", "fsdd_subset", "recordings")
-    data = root / "data" / "recordings"
-    data.mkdir(parents=True)
-    for name in os.listdir(shipped):
-        _, speaker, index = name[:-4].split("_")
-        if speaker in ("george", "jackson", "theo") and int(index) <= 8:
-            shutil.copy(os.path.join(shipped, name), data / name)
-    return root / "whisper", data.parent
+    return tiny_whisper_folder(root / "whisper"), shipped_fsdd_part(root / "data")
 
 
 def run(args, tmp_path):
