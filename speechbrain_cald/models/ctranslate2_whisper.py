@@ -42,9 +42,7 @@ DTYPES = {
     2: np.int16,
     3: np.int32,
     4: np.float16,
-    5: np.uint16,  # bfloat16: raw bits, converted below
-}
-BFLOAT16 = 5
+}  # 5, bfloat16, has no numpy type: refused by name
 ATTENTION = {"self_attention": "self_attn", "attention": "encoder_attn"}
 LAYER_NORMS = {
     "self_attention": "self_attn_layer_norm",
@@ -56,7 +54,15 @@ LAYER_NORMS = {
 def read_model_bin(path):
     """(spec name, {variable name: tensor}) of a CTranslate2 `model.bin` (binary
     version 6: header, then per variable its name, rank, shape, dtype id, byte count
-    and bytes, then aliases `name -> variable`)."""
+    and bytes, then aliases `name -> variable`); a file that does not parse is an
+    error naming it."""
+    try:
+        return _read_model_bin(path)
+    except (struct.error, UnicodeDecodeError, KeyError) as error:
+        raise ValueError(f"{path}: not a readable CTranslate2 model.bin ({error})") from None
+
+
+def _read_model_bin(path):
     with open(path, "rb") as f:
         data = f.read()
     offset = 0
@@ -85,14 +91,12 @@ def read_model_bin(path):
         dtype_id, nbytes = unpack("B"), unpack("I")
         if dtype_id not in DTYPES:
             raise ValueError(f"{path}: variable {name} has an unknown dtype id {dtype_id}")
-        array = np.frombuffer(
-            data, DTYPES[dtype_id], nbytes // np.dtype(DTYPES[dtype_id]).itemsize, offset
-        )
+        dtype = np.dtype(DTYPES[dtype_id])
+        if nbytes != dtype.itemsize * int(np.prod(shape)) or offset + nbytes > len(data):
+            raise ValueError(f"{path}: variable {name}: {nbytes} bytes for shape {shape}")
+        array = np.frombuffer(data, dtype, nbytes // dtype.itemsize, offset)
         offset += nbytes
-        tensor = torch.from_numpy(array.copy()).reshape(shape)
-        if dtype_id == BFLOAT16:
-            tensor = (tensor.to(torch.int32) << 16).view(torch.float32).to(torch.bfloat16)
-        variables[name] = tensor
+        variables[name] = torch.from_numpy(array.copy()).reshape(shape)
     for _ in range(unpack("I")):
         alias, target = string(), string()
         variables[alias] = variables[target]

@@ -147,8 +147,16 @@ def test_converted_folder_is_the_same_model(ct2_folder, tmp_path):
         )
 
 
-def test_unknown_layouts_are_named(ct2_folder, tmp_path):
+def test_unknown_layouts_and_damaged_files_are_named(ct2_folder, tmp_path):
     model, folder = ct2_folder
-    write_model_bin(folder / "model.bin", ct2_variables(model), {}, version=5)
+    model_bin = folder / "model.bin"
+    data = model_bin.read_bytes()
+    model_bin.write_bytes(data[: len(data) // 2])  # truncated inside a tensor
+    with pytest.raises(ValueError, match="model.bin: variable .* bytes for shape"):
+        ct2.convert_folder(folder, tmp_path / "hf")
+    model_bin.write_bytes(data[:30])  # truncated inside the header
+    with pytest.raises(ValueError, match="model.bin: not a readable CTranslate2 model.bin"):
+        ct2.convert_folder(folder, tmp_path / "hf")
+    write_model_bin(model_bin, ct2_variables(model), {}, version=5)
     with pytest.raises(ValueError, match="binary version 5"):
         ct2.convert_folder(folder, tmp_path / "hf")
