@@ -7,7 +7,7 @@ instead, no download) is fine-tuned on speaker identification (std, the teacher)
 converted to bidirectional Mamba2 under CALD target and hybrid guidance and the
 unguided baseline, exported, reloaded through speechbrain_cald.inference; it ends
 with a table (teacher vs students: accuracy, parameters, encoder time on 60 s of
-audio) and two PNGs in results/demo/. Arguments are passed on (e.g. --threads 1)."""
+audio) and two PNGs in results/demo/whisper/. Arguments are passed on (e.g. --threads 1)."""
 
 import runpy
 from pathlib import Path

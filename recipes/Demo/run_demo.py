@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The README's main job (`make demo`): the whole CALD workflow on CPU in minutes.
 
-    python recipes/Demo/run_demo.py [--source whisper|digits] [--output_root results/demo]
+    python recipes/Demo/run_demo.py [--source whisper|digits] [--output_root results/demo/<source>]
         [--threads N] [--tiny]
 
 On the FSDD subset shipped in `data/fsdd_subset` (360 real recordings, CC BY-SA
@@ -105,7 +105,9 @@ def parse_args(argv=None):
     """The demo's options (all have defaults: `make demo` passes none)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--output_root", default=str(ROOT / "results" / "demo"), help="where runs and plots go"
+        "--output_root",
+        help="where runs and plots go (default: results/demo/<source>: a run from one "
+        "source is never reused for the other)",
     )
     parser.add_argument("--data_folder", default=str(DATA), help="FSDD layout (recordings/)")
     parser.add_argument(
@@ -221,7 +223,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads or threads)
     transformers.utils.logging.disable_progress_bar()  # per-file save / load bars: noise here
     start = time.time()
-    out = Path(args.output_root).resolve()
+    out = Path(args.output_root or ROOT / "results" / "demo" / args.source).resolve()
     if args.fresh and out.exists():
         shutil.rmtree(out)
     elif out.exists():
