@@ -43,12 +43,6 @@ DTYPES = {
     3: np.int32,
     4: np.float16,
 }  # 5, bfloat16, has no numpy type: refused by name
-ATTENTION = {"self_attention": "self_attn", "attention": "encoder_attn"}
-LAYER_NORMS = {
-    "self_attention": "self_attn_layer_norm",
-    "attention": "encoder_attn_layer_norm",
-    "ffn": "final_layer_norm",
-}
 
 
 def read_model_bin(path):
@@ -186,21 +180,19 @@ def hf_state_dict(variables, config):
         layer_norm(f"model.{side}.layer_norm", f"{side}/layer_norm")
         for i in range(n_layers):
             hf, ct2 = f"model.{side}.layers.{i}", f"{side}/layer_{i}"
-            for block in (
-                ("self_attention", "attention") if side == "decoder" else ("self_attention",)
-            ):
-                attn = f"{hf}.{ATTENTION[block]}"
-                if block == "self_attention":
-                    split(attn, f"{ct2}/{block}/linear_0", ("q_proj", "k_proj", "v_proj"))
-                    linear(f"{attn}.out_proj", f"{ct2}/{block}/linear_1")
-                else:  # cross-attention: q from the decoder, fused k/v from the encoder
-                    linear(f"{attn}.q_proj", f"{ct2}/{block}/linear_0")
-                    split(attn, f"{ct2}/{block}/linear_1", ("k_proj", "v_proj"))
-                    linear(f"{attn}.out_proj", f"{ct2}/{block}/linear_2")
-                layer_norm(f"{hf}.{LAYER_NORMS[block]}", f"{ct2}/{block}/layer_norm")
+            attn, c = f"{hf}.self_attn", f"{ct2}/self_attention"
+            split(attn, f"{c}/linear_0", ("q_proj", "k_proj", "v_proj"))
+            linear(f"{attn}.out_proj", f"{c}/linear_1")
+            layer_norm(f"{hf}.self_attn_layer_norm", f"{c}/layer_norm")
+            if side == "decoder":  # cross-attention: q from the decoder, fused k/v
+                attn, c = f"{hf}.encoder_attn", f"{ct2}/attention"
+                linear(f"{attn}.q_proj", f"{c}/linear_0")
+                split(attn, f"{c}/linear_1", ("k_proj", "v_proj"))
+                linear(f"{attn}.out_proj", f"{c}/linear_2")
+                layer_norm(f"{hf}.encoder_attn_layer_norm", f"{c}/layer_norm")
             linear(f"{hf}.fc1", f"{ct2}/ffn/linear_0")
             linear(f"{hf}.fc2", f"{ct2}/ffn/linear_1")
-            layer_norm(f"{hf}.{LAYER_NORMS['ffn']}", f"{ct2}/ffn/layer_norm")
+            layer_norm(f"{hf}.final_layer_norm", f"{ct2}/ffn/layer_norm")
     for conv in ("conv1", "conv2"):
         linear(f"model.encoder.{conv}", f"encoder/{conv}")
     out["model.decoder.embed_tokens.weight"] = variables["decoder/embeddings/weight"]
