@@ -20,11 +20,8 @@ continues where it stopped; `--fresh` deletes the output folder first.
 """
 
 import argparse
-import json
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import time
 
@@ -34,10 +31,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "FSDD")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machine  # noqa: E402  (sibling module: the machine line)
+import seeded_modes  # noqa: E402  (sibling module: runs, table and claims over seeds)
 
 from speechbrain_cald import analysis, dataprep  # noqa: E402
-from speechbrain_cald.guidance import GUIDED_MODES, HYBRID, RUN_MODES  # noqa: E402
-from speechbrain_cald.workflow import commands  # noqa: E402
+from speechbrain_cald.guidance import RUN_MODES  # noqa: E402
 
 # task -> (script, YAML, metrics (first: the headline), lower is better, the YAML's max_steps)
 TASKS = {
@@ -54,102 +51,12 @@ def run_task(task, args, overrides):
         max_steps = int(overrides[overrides.index("--max_steps") + 1])
     switch = max(1, int(HYBRID_AT * max_steps))
     root = os.path.abspath(os.path.join(args.out, task))
-    results = {}
-    for seed in args.seeds:
-        common = ["--data_folder", os.path.abspath(args.fsdd), "--source_hub"]
-        common += [os.path.abspath(args.whisper), "--output_root", root, "--seed", str(seed)]
-        common += ["--noprogressbar", *overrides]
-        runs = commands(hparams, common, switch, args.modes, script=script)
-        for mode, cmd in zip(args.modes, runs):
-            metrics_file = os.path.join(root, mode, str(seed), "test_metrics.json")
-            timing_file = os.path.join(root, mode, str(seed), "bench_seconds.json")
-            if not os.path.isfile(metrics_file):
-                start = time.time()
-                log = os.path.join(root, f"{mode}_{seed}.log")
-                os.makedirs(root, exist_ok=True)
-                with open(log, "w") as f:
-                    done = subprocess.run(cmd, cwd=RECIPE, stdout=f, stderr=subprocess.STDOUT)
-                if done.returncode:
-                    sys.exit(f"{task} {mode} seed {seed} failed; see {log}")
-                with open(timing_file, "w") as f:
-                    json.dump({"seconds": time.time() - start}, f)
-            with open(metrics_file) as f:
-                stats = json.load(f)
-            with open(timing_file) as f:
-                seconds = json.load(f)["seconds"]
-            results.setdefault(mode, {})[seed] = {
-                **{m: stats[m] for m in metrics},
-                "seconds": seconds,
-            }
-            shown = ", ".join(f"{m} {stats[m]:.3f}" for m in metrics)
-            print(f"  {task} {mode:10s} seed {seed}: {shown} ({seconds:.0f} s)", flush=True)
-    return results
-
-
-def summary(results, metric):
-    """{mode: (mean, sample sd, per-seed values)} of `metric`."""
-    rows = {}
-    for mode, per_seed in results.items():
-        values = [per_seed[s][metric] for s in sorted(per_seed)]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        rows[mode] = (statistics.mean(values), spread, values)
-    return rows
-
-
-def table(task, results, seeds):
-    """The markdown table of one task."""
-    metrics = TASKS[task][2]
-    head = "| mode | " + " | ".join(f"{m} mean ± sd" for m in metrics)
-    head += " | " + " | ".join(f"{metrics[0]} seed {s}" for s in seeds) + " | s/run |"
-    lines = [head, "|---" * (len(metrics) + len(seeds) + 2) + "|"]
-    rows = {m: summary(results, m) for m in metrics}
-    for mode in RUN_MODES:
-        if mode not in results:
-            continue
-        cells = [f"{rows[m][mode][0]:.3f} ± {rows[m][mode][1]:.3f}" for m in metrics]
-        cells += [f"{v:.3f}" for v in rows[metrics[0]][mode][2]]
-        seconds = statistics.mean(r["seconds"] for r in results[mode].values())
-        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {seconds:.0f} |")
-    return "\n".join(lines)
-
-
-def claims(task, results):
-    """The paper's qualitative claims, each with the measured numbers and a verdict."""
-    metric, lower = TASKS[task][2][0], TASKS[task][3]
-    rows = summary(results, metric)
-    sign = -1 if lower else 1  # > 0: better
-    lines = []
-
-    def better(a, b):
-        return sign * (rows[a][0] - rows[b][0])
-
-    guided = [m for m in (*GUIDED_MODES, HYBRID) if m in rows]
-    if "unguided" in rows:
-        for mode in guided:
-            margin = max(rows[mode][1], rows["unguided"][1])
-            gain = better(mode, "unguided")
-            verdict = "yes" if gain > margin else "NO"
-            lines.append(
-                f"- {mode} beats unguided by more than the seed sd: {verdict} "
-                f"({metric} {rows[mode][0]:.3f} vs {rows['unguided'][0]:.3f}; gain {gain:.3f}, "
-                f"sd {margin:.3f})"
-            )
-    if "std" in rows and guided:
-        best = max(guided, key=lambda m: sign * rows[m][0])
-        gap = better("std", best)
-        scale = 100 if task == "sid" else 1  # points: accuracy in %, WER already in %
-        verdict = "yes" if gap * scale <= 2 else "NO"
-        lines.append(
-            f"- best guided ({best}) within 2 points of std: {verdict} ({metric} "
-            f"{rows[best][0]:.3f} vs std {rows['std'][0]:.3f})"
-        )
-    if "trajectory" in rows and "target" in rows:
-        verdict = "yes" if better("trajectory", "target") > 0 else "no"
-        lines.append(
-            f"- trajectory better than target (the paper: on text, not on speech): {verdict} "
-            f"({rows['trajectory'][0]:.3f} vs {rows['target'][0]:.3f})"
-        )
-    return "\n".join(lines)
+    common = ["--data_folder", os.path.abspath(args.fsdd), "--source_hub"]
+    common += [os.path.abspath(args.whisper), "--output_root", root]
+    common += ["--noprogressbar", *overrides]
+    return seeded_modes.run_modes(
+        RECIPE, script, hparams, root, common, args.seeds, args.modes, switch, metrics, task
+    )
 
 
 def feature_shift(task, args):
@@ -188,7 +95,10 @@ def main(argv=None):
     sections = []
     for task in args.tasks:
         results = run_task(task, args, overrides)
-        body = [table(task, results, args.seeds), "", claims(task, results)]
+        metrics, lower = TASKS[task][2], TASKS[task][3]
+        points = 1 if lower else 100  # WER / CER already in %; accuracy in [0, 1]
+        body = [seeded_modes.table(results, metrics, args.seeds), ""]
+        body += [seeded_modes.claims(results, metrics[0], lower, points)]
         if "std" in results:
             layers = feature_shift(task, args)
             body += ["", f"Feature shift pretrained -> std teacher, layers 0..L: {layers}"]
