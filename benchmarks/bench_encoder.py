@@ -25,7 +25,8 @@ Not a test. One run measures, on this machine, and prints (and writes as CSV + P
 
 Default: wav2vec2-base dims, 2 threads, audio of 3, 10, 30 and 60 s (the recipes'
 utterances are 3-20 s), 3 repeats; `--full` sweeps 10 s to 10 min (10 min alone, one repeat: 10
-min); `--large` uses wav2vec2-large dims.
+min); `--large` uses wav2vec2-large dims; `--mixer bimamba2_shared` and `--mixer-config
+'{"d_state": 64}'` time a cheaper student beside the same teacher.
 Every process runs with machine.MALLOC_ENV (see there; `--plain-malloc` to measure without).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_encoder.py
@@ -89,14 +90,14 @@ def wav2vec2_config(large: bool) -> Wav2Vec2Config:
     return config
 
 
-def build(kind: str, large: bool, mixer_config: dict) -> torch.nn.Module:
-    """Random-weight Wav2Vec2Model ("teacher") or its converted student (BiMamba2 with
-    `mixer_config` overriding the default mixer config), in eval mode."""
+def build(kind: str, args: argparse.Namespace) -> torch.nn.Module:
+    """Random-weight Wav2Vec2Model ("teacher") or its converted student (`student_config`
+    of args), in eval mode."""
     torch.manual_seed(0)
-    model = Wav2Vec2Model(wav2vec2_config(large)).eval()
+    model = Wav2Vec2Model(wav2vec2_config(args.large)).eval()
     speech_input.attach_feature_extractor(model, speech_input.feature_extractor_for())
     if kind == "student":
-        model = convert_to_student(model, student_config(mixer_config))[0].eval()
+        model = convert_to_student(model, student_config(args))[0].eval()
     return model
 
 
@@ -105,23 +106,30 @@ def build(kind: str, large: bool, mixer_config: dict) -> torch.nn.Module:
 # ---------------------------------------------------------------------------------
 
 
-def mixer_flops(cfg: Mamba2Config, frames: int) -> float:
-    """One Mamba2 mixer on `frames` steps with the chunked SSD scan (chunk q): in/out
-    projections, depthwise conv, and per frame 2*q*n*g (C B^T) + 2*q*d_inner (scores @ x)
-    + 4*n*d_inner (chunk states and their read-out)."""
+def mixer_flops(cfg: Mamba2Config, frames: int, mixer: str) -> float:
+    """One bidirectional mixer layer on `frames` steps with the chunked SSD scan (chunk q):
+    the in/out projections (two pairs for bimamba2, one wider in_proj and one out_proj for
+    bimamba2_shared), and per direction the depthwise conv and per frame 2*q*n*g (C B^T)
+    + 2*q*d_inner (scores @ x) + 4*n*d_inner (chunk states and their read-out)."""
     q, n = cfg.torch_chunk_size, cfg.d_state
-    per_frame = 2 * cfg.d_model * cfg.in_proj_width + 2 * cfg.d_inner * cfg.d_model
-    per_frame += 2 * cfg.conv_dim * cfg.d_conv
-    per_frame += 2 * q * n * cfg.ngroups + 2 * q * cfg.d_inner + 4 * n * cfg.d_inner
-    return per_frame * frames
+    if mixer == "bimamba2_shared":
+        in_width = cfg.d_inner + cfg.conv_dim + 2 * cfg.nheads
+        projections = 2 * cfg.d_model * in_width + 2 * cfg.d_inner * cfg.d_model
+    else:
+        projections = 2 * (2 * cfg.d_model * cfg.in_proj_width + 2 * cfg.d_inner * cfg.d_model)
+    scan = 2 * cfg.conv_dim * cfg.d_conv
+    scan += 2 * q * n * cfg.ngroups + 2 * q * cfg.d_inner + 4 * n * cfg.d_inner
+    return (projections + 2 * scan) * frames
 
 
-def model_flops(config: Wav2Vec2Config, mixer: Mamba2Config | None, samples: int) -> dict:
+def model_flops(
+    config: Wav2Vec2Config, mixer: Mamba2Config | None, samples: int, mixer_name: str = ""
+) -> dict:
     """FLOPs of one forward pass over `samples` of audio, split as PARTS (+ "frames").
 
     mixer None: the teacher (attention: Q/K/V/O projections 8*d^2 per frame and
     Q K^T + A V 4*L*d per frame, L frames, full non-causal attention as sdpa computes it);
-    otherwise the student with BiMamba2 = two mixers of `mixer`'s config.
+    otherwise the student whose `mixer_name` layers have `mixer`'s config.
     """
     length, in_ch, cnn = samples, 1, 0.0
     for out_ch, k, s in zip(config.conv_dim, config.conv_kernel, config.conv_stride):
@@ -135,19 +143,20 @@ def model_flops(config: Wav2Vec2Config, mixer: Mamba2Config | None, samples: int
     if mixer is None:
         mixing = layers * (8 * frames * d * d + 4 * frames * frames * d)
     else:
-        mixing = layers * 2 * mixer_flops(mixer, frames)
+        mixing = layers * mixer_flops(mixer, frames, mixer_name)
     return {"cnn": cnn, "mixing": mixing, "ffn": ffn, "other": other, "frames": frames}
 
 
-def student_config(mixer_config: dict) -> StudentConfig:
-    """The default StudentConfig with `mixer_config` (e.g. {"d_state": 64}) on top."""
+def student_config(args: argparse.Namespace) -> StudentConfig:
+    """The default StudentConfig with --mixer and --mixer-config (e.g. {"d_state": 64})."""
     default = StudentConfig()
-    return StudentConfig(mixer_config={**default.mixer_config, **mixer_config})
+    mixer_config = {**default.mixer_config, **args.mixer_config}
+    return StudentConfig(mixer=args.mixer, mixer_config=mixer_config)
 
 
-def student_mixer_config(config: Wav2Vec2Config, mixer_config: dict) -> Mamba2Config:
+def student_mixer_config(config: Wav2Vec2Config, args: argparse.Namespace) -> Mamba2Config:
     """The Mamba2Config `convert_to_student` gives this model's student."""
-    return Mamba2Config(d_model=config.hidden_size, **student_config(mixer_config).mixer_config)
+    return Mamba2Config(d_model=config.hidden_size, **student_config(args).mixer_config)
 
 
 # ---------------------------------------------------------------------------------
@@ -184,8 +193,8 @@ class SplitTimer:
 
 def infer_child(kind: str, seconds: float, args: argparse.Namespace) -> dict:
     """Measure one (model, audio length) in this process."""
-    large, repeats = args.large, args.repeats
-    model = build(kind, large, args.mixer_config)
+    repeats = args.repeats
+    model = build(kind, args)
     layers = model.encoder.layers
     timer = SplitTimer(
         {
@@ -223,6 +232,7 @@ def run_child(args: argparse.Namespace, *child: str) -> dict:
     cmd = [sys.executable, __file__, "--threads", str(args.threads), "--repeats"]
     cmd += [str(args.repeats), *(["--large"] if args.large else [])]
     cmd += ["--cnn-chunk", str(args.cnn_chunk), "--mixer-config", json.dumps(args.mixer_config)]
+    cmd += ["--mixer", args.mixer]
     cmd += [*(["--plain-malloc"] if args.plain_malloc else []), "--child", *child]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -246,7 +256,7 @@ def crossover(rows: list[dict]) -> str:
 def inference_section(args) -> list[dict]:
     """Section 1: measure, print and return one row per audio length."""
     config = wav2vec2_config(args.large)
-    mixer = student_mixer_config(config, args.mixer_config)
+    mixer = student_mixer_config(config, args)
     rows = []
     header = (
         f"{'seconds':>7} {'frames':>6} {'model':>7} {'total s':>8} {'cnn s':>7} {'mixing s':>8}"
@@ -258,7 +268,7 @@ def inference_section(args) -> list[dict]:
         for kind in ("teacher", "student"):
             result = run_child(args, "infer", kind, str(seconds))
             samples = int(seconds * SAMPLE_RATE)
-            flops = model_flops(config, None if kind == "teacher" else mixer, samples)
+            flops = model_flops(config, None if kind == "teacher" else mixer, samples, args.mixer)
             row["frames"] = flops["frames"]
             for key, value in result.items():
                 row[f"{kind}_{key}"] = value
@@ -350,10 +360,10 @@ def training_section(args) -> list[dict]:
         model.save_pretrained(tmp)
         modes = {
             "teacher fine-tuning (std)": g.Std(tmp),
-            "student fine-tuning (unguided)": g.Unguided(tmp, student_config(args.mixer_config)),
+            "student fine-tuning (unguided)": g.Unguided(tmp, student_config(args)),
             "CALD target-guided": g.Target(
                 tmp,
-                student_config(args.mixer_config),
+                student_config(args),
                 CALDLossWeights(task=1.0, kd=1.0, ld=15.0),
             ),
         }
@@ -469,6 +479,12 @@ def main():
         type=json.loads,
         default={},
         help="student mixer overrides as JSON, e.g. '{\"d_state\": 64}' (a cheaper student)",
+    )
+    parser.add_argument(
+        "--mixer",
+        default="bimamba2",
+        choices=["bimamba2", "bimamba2_shared"],
+        help="the student's mixer: the paper's BiMamba2 or the shared-projection one",
     )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()

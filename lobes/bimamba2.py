@@ -1,6 +1,8 @@
-"""Bidirectional Mamba2: a forward and a backward Mamba2 mixer, summed.
+"""Bidirectional Mamba2: a forward and a backward Mamba2 mixer, summed (`BiMamba2`, the
+paper's), or one input projection shared by both directions' scans (`SharedProjectionBiMamba2`,
+as in Hydra: half the projection FLOPs, a different function and state dict).
 
-The backward mixer reads each utterance reversed *within its own valid length*, so
+The backward direction reads each utterance reversed *within its own valid length*, so
 padding (always at the right) stays at the end in both directions and a causal scan
 never reads it: a padded utterance gives exactly the output it gives alone.
 """
@@ -8,8 +10,20 @@ never reads it: a padded utterance gives exactly the output it gives alone.
 import torch
 from torch import nn
 
-from .mamba2 import Mamba2Config, Mamba2Mixer
+from .mamba2 import Mamba2Config, Mamba2Mixer, Mamba2Scan, RMSNormGated, scan_backend
 from .masking import valid_mask
+
+
+def reversal_index(valid: torch.Tensor, width: int) -> torch.Tensor:
+    """The `gather(1, index)` index `(batch, time, width)` that reverses each row of a
+    `(batch, time, width)` tensor within its valid frames (`valid` `(batch, time)`,
+    valid frames first): frame t of the reversed utterance is frame n_valid - 1 - t and
+    padding maps to itself. The map is its own inverse, so the same gather undoes it."""
+    batch, time = valid.shape
+    n_valid = valid.sum(dim=1, keepdim=True)  # (b, 1)
+    pos = torch.arange(time, device=valid.device)[None, :]  # (1, t)
+    reverse = torch.where(pos < n_valid, n_valid - 1 - pos, pos)  # (b, t)
+    return reverse[..., None].expand(batch, time, width)
 
 
 class BiMamba2(nn.Module):
@@ -40,16 +54,59 @@ class BiMamba2(nn.Module):
             backward_out = self.backward_mixer(hidden_states.flip(1)).flip(1)
             return self.forward_mixer(hidden_states) + backward_out
         valid = valid_mask(batch, time, lengths, attention_mask, device=hidden_states.device)
-        n_valid = valid.sum(dim=1, keepdim=True)  # (b, 1)
-        pos = torch.arange(time, device=hidden_states.device)[None, :]  # (1, t)
-        # Frame t of the reversed utterance is frame n_valid - 1 - t; padding maps to
-        # itself. The map is its own inverse, so the same gather undoes it.
-        reverse = torch.where(pos < n_valid, n_valid - 1 - pos, pos)  # (b, t)
-        reverse = reverse[..., None].expand(batch, time, d_model)
-
+        reverse = reversal_index(valid, d_model)
         forward_out = self.forward_mixer(hidden_states)
         backward_out = self.backward_mixer(hidden_states.gather(1, reverse)).gather(1, reverse)
         return (forward_out + backward_out) * valid[..., None].to(hidden_states.dtype)
+
+
+class SharedProjectionBiMamba2(nn.Module):
+    """Both directions' scans on one input projection (Hydra's sharing, Hwang et al. 2024):
+    `out_proj(norm(fw(xBC, dt_fw) + reverse(bw(reverse(xBC), reverse(dt_bw))), z))`,
+    zeroed on padded frames.
+
+    in_proj `d_model -> [z, xBC, dt_fw, dt_bw]` (one z, x, B, C for both directions;
+    each its own dt) and one gated norm and out_proj: half the projection FLOPs of
+    BiMamba2. Each direction keeps its own causal conv, dt_bias, A_log and D
+    (`forward_scan`, `backward_scan`: Mamba2Scan); Hydra also shares the conv and A,
+    which cost little. Not loadable into mamba_ssm's Mamba2.
+    """
+
+    def __init__(self, config: Mamba2Config):
+        super().__init__()
+        self.config = cfg = config
+        width = cfg.d_inner + cfg.conv_dim + 2 * cfg.nheads
+        self.in_proj = nn.Linear(cfg.d_model, width, bias=cfg.bias)
+        self.forward_scan = Mamba2Scan(cfg)
+        self.backward_scan = Mamba2Scan(cfg)
+        self.norm = RMSNormGated(
+            cfg.d_inner, group_size=cfg.d_inner // cfg.ngroups, eps=cfg.norm_eps
+        )
+        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """hidden_states `(batch, time, d_model)` -> `(batch, time, d_model)`; lengths /
+        attention_mask as BiMamba2's."""
+        cfg = self.config
+        batch, time, _ = hidden_states.shape
+        backend = scan_backend(cfg, hidden_states.device, self.in_proj.out_features, "mamba2")
+        split = [cfg.d_inner, cfg.conv_dim, cfg.nheads, cfg.nheads]
+        z, xBC, dt_fw, dt_bw = self.in_proj(hidden_states).split(split, dim=-1)
+        if lengths is None and attention_mask is None:  # no padding: a plain flip, no mask
+            valid = None
+            reverse = lambda t: t.flip(1)  # noqa: E731
+        else:
+            valid = valid_mask(batch, time, lengths, attention_mask, device=hidden_states.device)
+            reverse = lambda t: t.gather(1, reversal_index(valid, t.shape[-1]))  # noqa: E731
+        y_fw = self.forward_scan.scan_sequence(xBC, dt_fw, backend)  # (b, l, d_inner)
+        y_bw = self.backward_scan.scan_sequence(reverse(xBC), reverse(dt_bw), backend)
+        out = self.out_proj(self.norm(y_fw + reverse(y_bw), z))
+        return out if valid is None else out * valid[..., None].to(out.dtype)
 
 
 def mamba2_config_for_attention_init(d_model: int, num_heads: int, **overrides) -> Mamba2Config:
@@ -64,12 +121,18 @@ def mamba2_config_for_attention_init(d_model: int, num_heads: int, **overrides) 
 
 @torch.no_grad()
 def init_bimamba2_from_attention(
-    bimamba: BiMamba2, q: nn.Linear, k: nn.Linear, v: nn.Linear, o: nn.Linear, num_heads: int
+    bimamba: BiMamba2 | SharedProjectionBiMamba2,
+    q: nn.Linear,
+    k: nn.Linear,
+    v: nn.Linear,
+    o: nn.Linear,
+    num_heads: int,
 ) -> None:
-    """Copy attention weights into both mixers (Mamba-in-the-Llama style).
+    """Copy attention weights into each input / output projection (Mamba-in-the-Llama
+    style): both mixers of a BiMamba2, the one shared pair of a SharedProjectionBiMamba2.
 
-    In each mixer's in_proj [z, x, B, C, dt]: V -> x rows, K -> B rows, Q -> C rows, so per
-    head C_t . B_s = q_t . k_s; O -> out_proj. The rest keeps its init; biases of q/k/v/o
+    In in_proj [z, x, B, C, dt...]: V -> x rows, K -> B rows, Q -> C rows, so per head
+    C_t . B_s = q_t . k_s; O -> out_proj. The rest keeps its init; biases of q/k/v/o
     are not copied (the caller reports them).
     """
     cfg = bimamba.config
@@ -81,8 +144,9 @@ def init_bimamba2_from_attention(
             f"nheads = {num_heads}, d_state = headdim = {head_dim}); got {cfg}"
         )
     d, gn = cfg.d_inner, cfg.ngroups * cfg.d_state
-    for mixer in (bimamba.forward_mixer, bimamba.backward_mixer):
-        w = mixer.in_proj.weight  # (in_proj_width, d_model)
+    shared = isinstance(bimamba, SharedProjectionBiMamba2)
+    for mixer in (bimamba,) if shared else (bimamba.forward_mixer, bimamba.backward_mixer):
+        w = mixer.in_proj.weight  # (in_proj width, d_model)
         w[d : 2 * d].copy_(v.weight)
         w[2 * d : 2 * d + gn].copy_(k.weight)
         w[2 * d + gn : 2 * d + 2 * gn].copy_(q.weight)

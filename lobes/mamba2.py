@@ -150,18 +150,47 @@ class RMSNormGated(nn.Module):
         return (normed.flatten(-2) * self.weight.float()).to(x.dtype)
 
 
-class Mamba2Mixer(nn.Module):
-    """Causal Mamba2 mixer `(batch, time, d_model) -> (batch, time, d_model)`.
+def scan_backend(cfg: Mamba2Config, device, width: int, kind: str) -> str:
+    """The scan backend for a module of `cfg` on `device` whose input projection is
+    `width` wide: mamba_ssm where it runs (width a multiple of 8), else torch."""
+    backend = resolve_backend(cfg.backend, device, kind=kind)
+    if backend == "mamba_ssm" and width % 8:
+        # mamba-ssm's fused kernels fail on it: the exact torch path instead
+        _warn_width_once(width)
+        backend = "torch"
+    return backend
 
-    in_proj -> [z, xBC, dt]; xBC -> depthwise causal conv + SiLU -> [x, B, C];
-    y = SSD(x, softplus(dt + dt_bias), -exp(A_log), B, C) + D x; out_proj(norm(y, z)).
-    """
+
+def in_time_blocks(block_fn, inputs, block_size, mask=None, state=None):
+    """Run a causal computation over consecutive blocks of `block_size` frames,
+    carrying its state: `block_fn(blocks, block_mask, conv_context, ssm_state) -> (out,
+    conv_context, ssm_state)`, `blocks` the block of each tensor in `inputs` (all
+    `(batch, time, ...)`). Returns (out over the whole time, the last state)."""
+    conv_context, ssm_state = state if state is not None else (None, None)
+    n_blocks = -(-inputs[0].shape[1] // block_size)
+    masks = [None] * n_blocks if mask is None else mask.split(block_size, dim=1)
+    outputs = []
+    for *blocks, block_mask in zip(*(t.split(block_size, dim=1) for t in inputs), masks):
+        out, conv_context, ssm_state = block_fn(blocks, block_mask, conv_context, ssm_state)
+        outputs.append(out)
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+    return out, (conv_context, ssm_state)
+
+
+class Mamba2Scan(nn.Module):
+    """The part of a Mamba2 mixer between its two projections: causal depthwise conv +
+    SiLU on [x, B, C], the selective scan with dt = softplus(dt + dt_bias) and
+    A = -exp(A_log), and the D skip. Parameters `conv1d`, `dt_bias`, `A_log`, `D`
+    (mamba_ssm's names and shapes)."""
 
     def __init__(self, config: Mamba2Config):
         super().__init__()
         self.config = config
-        cfg = config
-        self.in_proj = nn.Linear(cfg.d_model, cfg.in_proj_width, bias=cfg.bias)
+        self._add_scan_parameters()
+        self.reset_ssm_parameters()
+
+    def _add_scan_parameters(self):
+        cfg = self.config
         self.conv1d = nn.Conv1d(
             cfg.conv_dim,
             cfg.conv_dim,
@@ -173,11 +202,6 @@ class Mamba2Mixer(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(cfg.nheads))
         self.A_log = nn.Parameter(torch.empty(cfg.nheads))
         self.D = nn.Parameter(torch.empty(cfg.nheads))
-        self.norm = RMSNormGated(
-            cfg.d_inner, group_size=cfg.d_inner // cfg.ngroups, eps=cfg.norm_eps
-        )
-        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias)
-        self.reset_ssm_parameters()
 
     @torch.no_grad()
     def reset_ssm_parameters(self):
@@ -190,49 +214,16 @@ class Mamba2Mixer(nn.Module):
         self.A_log.copy_(torch.empty(cfg.nheads).uniform_(*cfg.A_init_range).log())
         self.D.fill_(1.0)
 
-    def forward(self, hidden_states, attention_mask=None, state=None, return_state=False):
-        """hidden_states `(batch, time, d_model)` -> `(batch, time, d_model)`.
-
-        attention_mask: optional boolean `(batch, time)`, True on valid frames; padded
-        frames (left or right) are read as zeros and leave the state as it is, so a
-        left-padded prompt gives what it gives alone. state: the `(conv_context,
-        ssm_state)` after the preceding tokens (None: the sequence starts here);
-        with `return_state`, returns (output, state after the last frame), what `step`
-        continues from (prompt processing for generation).
+    def scan(self, xBC, dt, backend, conv_context=None, state=None, mask=None):
+        """xBC `(batch, time, conv_dim)` and dt `(batch, time, nheads)` (in_proj's
+        blocks) of frames that follow a part of the sequence whose last k - 1 conv inputs
+        are `conv_context` and whose SSM state is `state` (None: the sequence starts
+        here); `mask` `(batch, time)` marks valid frames. Returns (y `(batch, time,
+        d_inner)`, conv_context, state) for the next frames (the last two None with the
+        mamba_ssm backend, which takes whole inputs).
         """
         cfg = self.config
-        backend = resolve_backend(cfg.backend, hidden_states.device, kind="mamba2")
-        if backend == "mamba_ssm" and cfg.in_proj_width % 8:
-            # mamba-ssm's fused kernels fail on it: the exact torch path instead
-            _warn_width_once(cfg.in_proj_width)
-            backend = "torch"
-        stateless = state is None and not return_state and attention_mask is None
-        if backend == "mamba_ssm" and stateless:
-            return self._forward_block(hidden_states, "mamba_ssm")[0]
-        conv_context, ssm_state = state if state is not None else (None, None)
-        masks = [None] * -(-hidden_states.shape[1] // cfg.torch_time_block)
-        if attention_mask is not None:
-            masks = attention_mask.split(cfg.torch_time_block, dim=1)
-        outputs = []
-        for block, mask in zip(hidden_states.split(cfg.torch_time_block, dim=1), masks):
-            out, conv_context, ssm_state = self._forward_block(
-                block, "torch", conv_context, ssm_state, mask
-            )
-            outputs.append(out)
-        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
-        return (out, (conv_context, ssm_state)) if return_state else out
-
-    def _forward_block(self, hidden_states, backend, conv_context=None, state=None, mask=None):
-        """The mixer on `(batch, time, d_model)` frames that follow a part of the sequence
-        whose last k - 1 conv inputs are `conv_context` and whose SSM state is `state`
-        (None: the sequence starts here); `mask` `(batch, time)` marks valid frames.
-        Returns (output, conv_context, state) for the next block (the last two None with
-        the mamba_ssm backend, which takes whole inputs).
-        """
-        cfg = self.config
-        batch, seqlen, _ = hidden_states.shape
-        zxbcdt = self.in_proj(hidden_states)  # (b, l, in_proj_width)
-        z, xBC, dt = zxbcdt.split([cfg.d_inner, cfg.conv_dim, cfg.nheads], dim=-1)
+        batch, seqlen, _ = xBC.shape
         valid = None if mask is None else mask[..., None].to(xBC.dtype)  # (b, l, 1)
         if valid is not None:  # padding: zero conv inputs, as before a sequence's start
             xBC = xBC * valid
@@ -267,8 +258,69 @@ class Mamba2Mixer(nn.Module):
                 x, dt, A, B, C, cfg.torch_chunk_size, initial_state=state, return_final_state=True
             )
             y = torch.addcmul(y, x, self.D[:, None].to(x.dtype))  # y + D x, (b, l, h, p)
-        y = self.norm(y.reshape(batch, seqlen, cfg.d_inner), z)
-        return self.out_proj(y), next_context, state
+        return y.reshape(batch, seqlen, cfg.d_inner), next_context, state
+
+    def scan_sequence(self, xBC, dt, backend):
+        """`scan` over whole sequences (no state in or out), on the torch backend in
+        blocks of `torch_time_block` frames so that intermediates stay cache-sized."""
+        if backend == "mamba_ssm":
+            return self.scan(xBC, dt, backend)[0]
+
+        def block_fn(blocks, mask, conv_context, ssm_state):
+            return self.scan(*blocks, "torch", conv_context, ssm_state)
+
+        return in_time_blocks(block_fn, [xBC, dt], self.config.torch_time_block)[0]
+
+
+class Mamba2Mixer(Mamba2Scan):
+    """Causal Mamba2 mixer `(batch, time, d_model) -> (batch, time, d_model)`.
+
+    in_proj -> [z, xBC, dt]; xBC -> depthwise causal conv + SiLU -> [x, B, C];
+    y = SSD(x, softplus(dt + dt_bias), -exp(A_log), B, C) + D x; out_proj(norm(y, z)).
+    """
+
+    def __init__(self, config: Mamba2Config):
+        nn.Module.__init__(self)
+        self.config = config
+        cfg = config
+        self.in_proj = nn.Linear(cfg.d_model, cfg.in_proj_width, bias=cfg.bias)
+        self._add_scan_parameters()
+        self.norm = RMSNormGated(
+            cfg.d_inner, group_size=cfg.d_inner // cfg.ngroups, eps=cfg.norm_eps
+        )
+        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias)
+        self.reset_ssm_parameters()
+
+    def forward(self, hidden_states, attention_mask=None, state=None, return_state=False):
+        """hidden_states `(batch, time, d_model)` -> `(batch, time, d_model)`.
+
+        attention_mask: optional boolean `(batch, time)`, True on valid frames; padded
+        frames (left or right) are read as zeros and leave the state as it is, so a
+        left-padded prompt gives what it gives alone. state: the `(conv_context,
+        ssm_state)` after the preceding tokens (None: the sequence starts here);
+        with `return_state`, returns (output, state after the last frame), what `step`
+        continues from (prompt processing for generation).
+        """
+        cfg = self.config
+        backend = scan_backend(cfg, hidden_states.device, cfg.in_proj_width, "mamba2")
+        stateless = state is None and not return_state and attention_mask is None
+        if backend == "mamba_ssm" and stateless:
+            return self._forward_block(hidden_states, "mamba_ssm")[0]
+
+        def block_fn(blocks, mask, conv_context, ssm_state):
+            return self._forward_block(blocks[0], "torch", conv_context, ssm_state, mask)
+
+        out, state = in_time_blocks(
+            block_fn, [hidden_states], cfg.torch_time_block, attention_mask, state
+        )
+        return (out, state) if return_state else out
+
+    def _forward_block(self, hidden_states, backend, conv_context=None, state=None, mask=None):
+        """The whole mixer on a block of frames (see `scan`): (output, conv_context, state)."""
+        cfg = self.config
+        z, xBC, dt = self.in_proj(hidden_states).split([cfg.d_inner, cfg.conv_dim, cfg.nheads], -1)
+        y, conv_context, state = self.scan(xBC, dt, backend, conv_context, state, mask)
+        return self.out_proj(self.norm(y, z)), conv_context, state
 
     def step(self, hidden_states, state):
         """One new token `(batch, 1, d_model)` after the tokens that left `state`

@@ -3,6 +3,7 @@
 | mixer     | lobe                   | causal | attention init          |
 |-----------|------------------------|--------|-------------------------|
 | bimamba2  | BiMamba2 (2 x Mamba2)  | no     | V -> x, K -> B, Q -> C, O -> out_proj |
+| bimamba2_shared | SharedProjectionBiMamba2 (one in_proj / out_proj, 2 scans) | no | as bimamba2 |
 | linformer | LinformerSelfAttention | no     | (its family keeps Q/K/V) |
 | mamba     | MambaMixer (Mamba-1)   | yes    | -                       |
 | mamba2    | Mamba2Mixer            | yes    | -                       |
@@ -11,6 +12,7 @@
 from speechbrain_cald.conversion.registry import MixerSpec, register_mixer
 from speechbrain_cald.lobes.bimamba2 import (
     BiMamba2,
+    SharedProjectionBiMamba2,
     init_bimamba2_from_attention,
     mamba2_config_for_attention_init,
 )
@@ -25,6 +27,8 @@ from speechbrain_cald.lobes.mamba2 import Mamba2Config, Mamba2Mixer
 
 def _init_bimamba2(mixer, q, k, v, o, heads):
     init_bimamba2_from_attention(mixer, q, k, v, o, heads)
+    if isinstance(mixer, SharedProjectionBiMamba2):
+        return ["in_proj.weight", "out_proj.weight"]
     return [
         f"{direction}.{proj}.weight"
         for direction in ("forward_mixer", "backward_mixer")
@@ -32,18 +36,21 @@ def _init_bimamba2(mixer, q, k, v, o, heads):
     ]
 
 
-register_mixer(
-    MixerSpec(
-        name="bimamba2",
-        config_class=Mamba2Config,
-        build=lambda config, shared: BiMamba2(config),
-        causal=False,
-        attention_config=lambda sizes, heads, fields: mamba2_config_for_attention_init(
-            sizes["d_model"], heads, **fields
-        ),
-        init_from_attention=_init_bimamba2,
+def _attention_config(sizes, heads, fields):
+    return mamba2_config_for_attention_init(sizes["d_model"], heads, **fields)
+
+
+for _name, _lobe in (("bimamba2", BiMamba2), ("bimamba2_shared", SharedProjectionBiMamba2)):
+    register_mixer(
+        MixerSpec(
+            name=_name,
+            config_class=Mamba2Config,
+            build=lambda config, shared, lobe=_lobe: lobe(config),
+            causal=False,
+            attention_config=_attention_config,
+            init_from_attention=_init_bimamba2,
+        )
     )
-)
 
 
 def _linformer(config, shared):

@@ -197,10 +197,11 @@ def test_training_step_reaches_every_new_parameter(family):
     assert [name for name in report.new if params[name].grad is None] == []
 
 
+@pytest.mark.parametrize("mixer", ["bimamba2", "bimamba2_shared"])
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
-def test_wav2vec2_padded_utterance_matches_it_alone(attn_implementation):
+def test_wav2vec2_padded_utterance_matches_it_alone(attn_implementation, mixer):
     teacher = tiny_wav2vec2(Wav2Vec2ForCTC, attn_implementation)
-    student, _ = convert_to_student(teacher, {"mixer_config": MAMBA2_SMALL})
+    student, _ = convert_to_student(teacher, {"mixer": mixer, "mixer_config": MAMBA2_SMALL})
     batch = audio_batch((1600, 1000))
     padded = outputs(student, batch)
     alone = outputs(student, {k: v[1:, :1000] for k, v in batch.items()})
@@ -244,6 +245,7 @@ def test_left_padding_is_refused_by_bidirectional_students():
     [
         ("wav2vec2", {"mixer_config": MAMBA2_SMALL}),
         ("wav2vec2", {"mixer_config": {"chunk_size": 8}, "init": "attention"}),
+        ("wav2vec2", {"mixer": "bimamba2_shared", "mixer_config": MAMBA2_SMALL}),
         ("bert", {"mixer_config": {**LINFORMER_SMALL, "sharing": "layer"}}),
         ("bert", {"mixer_config": {**LINFORMER_SMALL, "sharing": "key_value"}}),
         ("gpt_neox", {"mixer_config": MAMBA_SMALL}),
@@ -348,6 +350,16 @@ def test_attention_init_for_wav2vec2():
     assert all(name in report.new for name in report.from_attention)
     assert any("bias" in note for note in report.notes)
     assert "from attention: 8 tensors" in str(report)
+
+    shared = {"mixer": "bimamba2_shared", "init": "attention", "mixer_config": {"chunk_size": 8}}
+    student, report = convert_to_student(teacher, shared)
+    for layer_t, layer_s in zip(teacher.wav2vec2.encoder.layers, student.wav2vec2.encoder.layers):
+        mixer = layer_s.attention.mixer
+        # in_proj rows: z (32) | x (32) | B (2 * 16) | C (2 * 16) | dt forward, backward (2 + 2)
+        assert mixer.in_proj.weight.shape == (32 + 32 + 32 + 32 + 4, 32)
+        assert torch.equal(mixer.in_proj.weight[32:64], layer_t.attention.v_proj.weight)
+        assert torch.equal(mixer.out_proj.weight, layer_t.attention.out_proj.weight)
+    assert len(report.from_attention) == 2 * 2  # layers x (in_proj, out_proj)
 
 
 def test_sequence_classification_and_auto_mixer():

@@ -87,10 +87,12 @@ def test_conversion_keeps_every_non_attention_weight(kind):
         assert any("relative position bias" in note for note in report.notes)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_padded_equals_alone_teacher_and_student(kind):
+@pytest.mark.parametrize(
+    "kind, mixer", [(k, "bimamba2") for k in KINDS] + [("whisper", "bimamba2_shared")]
+)
+def test_padded_equals_alone_teacher_and_student(kind, mixer):
     teacher = hf_ctc(kind)
-    student = conversion.convert_to_student(teacher, MIXER)[0].eval()
+    student = conversion.convert_to_student(teacher, {**MIXER, "mixer": mixer})[0].eval()
     gen = torch.Generator().manual_seed(5)
     short, long = torch.randn(3001, generator=gen) * 0.2, torch.randn(5003, generator=gen)
     for model in (teacher, student):
@@ -100,9 +102,11 @@ def test_padded_equals_alone_teacher_and_student(kind):
             assert_close(padded, alone)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_save_load_and_export_reload(kind, tmp_path):
-    student = conversion.convert_to_student(hf_ctc(kind), MIXER)[0].eval()
+@pytest.mark.parametrize(
+    "kind, mixer", [(k, "bimamba2") for k in KINDS] + [("whisper", "bimamba2_shared")]
+)
+def test_save_load_and_export_reload(kind, mixer, tmp_path):
+    student = conversion.convert_to_student(hf_ctc(kind), {**MIXER, "mixer": mixer})[0].eval()
     signals = [torch.randn(4000), torch.randn(2500)]
     expected = outputs(student, signals)
     student.save_pretrained(tmp_path / "hf")

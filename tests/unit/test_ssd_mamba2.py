@@ -78,26 +78,37 @@ def test_ssd_chunked_bfloat16_close_to_float32():
     assert rel_err(y16, y32) < 3e-2  # bf16 inputs carry 8 mantissa bits
 
 
-def naive_mixer(m: dict, u: torch.Tensor, cfg: Mamba2Config) -> torch.Tensor:
-    """The whole Mamba2 mixer per time step, from a dict of (float64) parameters."""
+def naive_scan_part(m: dict, xBC: torch.Tensor, dt: torch.Tensor, cfg: Mamba2Config, prefix=""):
+    """conv + SiLU, scan and D skip per time step (Mamba2Scan), from (float64) parameters
+    `m[prefix + name]`: xBC `(b, l, conv_dim)`, dt `(b, l, h)` -> y `(b, l, d_inner)`."""
     d, gn, h = cfg.d_inner, cfg.ngroups * cfg.d_state, cfg.nheads
-    zxbcdt = u @ m["in_proj.weight"].T
-    z, xBC, dt = zxbcdt[..., :d], zxbcdt[..., d : 2 * d + 2 * gn], zxbcdt[..., 2 * d + 2 * gn :]
-    w, k = m["conv1d.weight"][:, 0], cfg.d_conv  # (conv_dim, k)
+    w, k = m[prefix + "conv1d.weight"][:, 0], cfg.d_conv  # (conv_dim, k)
     conv = []
-    for t in range(u.shape[1]):  # out_t = bias + sum_j w[:, j] xBC_{t - k + 1 + j}
+    for t in range(xBC.shape[1]):  # out_t = bias + sum_j w[:, j] xBC_{t - k + 1 + j}
         taps = [w[:, j] * xBC[:, t - k + 1 + j] for j in range(k) if t - k + 1 + j >= 0]
-        conv.append(m["conv1d.bias"] + sum(taps))
+        conv.append(m[prefix + "conv1d.bias"] + sum(taps))
     xBC = F.silu(torch.stack(conv, dim=1))
-    b, l = u.shape[:2]
+    b, l = xBC.shape[:2]
     x = xBC[..., :d].reshape(b, l, h, cfg.headdim)
     B = xBC[..., d : d + gn].reshape(b, l, cfg.ngroups, cfg.d_state)
     C = xBC[..., d + gn :].reshape(b, l, cfg.ngroups, cfg.d_state)
-    dt = F.softplus(dt + m["dt_bias"])
-    y = naive_scan(x, dt, -torch.exp(m["A_log"]), B, C) + m["D"][:, None] * x
-    gated = (y.reshape(b, l, d) * F.silu(z)).reshape(b, l, cfg.ngroups, d // cfg.ngroups)
+    dt = F.softplus(dt + m[prefix + "dt_bias"])
+    y = naive_scan(x, dt, -torch.exp(m[prefix + "A_log"]), B, C) + m[prefix + "D"][:, None] * x
+    return y.reshape(b, l, d)
+
+
+def naive_norm_out(m: dict, y: torch.Tensor, z: torch.Tensor, cfg: Mamba2Config) -> torch.Tensor:
+    """out_proj(grouped RMSNorm(y * silu(z)) * norm.weight)."""
+    b, l, d = y.shape
+    gated = (y * F.silu(z)).reshape(b, l, cfg.ngroups, d // cfg.ngroups)
     normed = gated / torch.sqrt(gated.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)
     return (normed.reshape(b, l, d) * m["norm.weight"]) @ m["out_proj.weight"].T
+
+
+def naive_mixer(m: dict, u: torch.Tensor, cfg: Mamba2Config) -> torch.Tensor:
+    """The whole Mamba2 mixer per time step, from a dict of (float64) parameters."""
+    z, xBC, dt = (u @ m["in_proj.weight"].T).split([cfg.d_inner, cfg.conv_dim, cfg.nheads], -1)
+    return naive_norm_out(m, naive_scan_part(m, xBC, dt, cfg), z, cfg)
 
 
 def test_mamba2_mixer_matches_naive_float64_mixer():

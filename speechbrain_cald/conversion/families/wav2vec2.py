@@ -17,7 +17,7 @@ class Wav2Vec2Family(SourceFamily):
         "Wav2Vec2, HuBERT, Data2Vec-Audio (*Model / *For*; model_type 'wav2vec2', "
         "'hubert', 'data2vec-audio')"
     )
-    mixers = ("bimamba2",)
+    mixers = ("bimamba2", "bimamba2_shared")
     model_types = ("wav2vec2", "hubert", "data2vec-audio")
 
     def matches(self, model):

@@ -13,7 +13,7 @@ class WhisperEncoderFamily(SourceFamily):
         "Whisper's encoder (WhisperEncoderModel / WhisperEncoderForCTC, "
         "model_type 'whisper_encoder')"
     )
-    mixers = ("bimamba2",)
+    mixers = ("bimamba2", "bimamba2_shared")
     slot_attribute = "self_attn"
 
     def matches(self, model):
