@@ -105,11 +105,14 @@ def _ssd_block(xdt, dA_cs, B, C, state, non_causal):
     b, c, g, q, hpg, p = xdt.shape
     n, dtype = B.shape[-1], xdt.dtype
 
-    # 1. Within chunks: y_i = sum_{j <= i} (C_i . B_j) exp(cs_i - cs_j) xdt_j.
-    CB = C @ B.transpose(-1, -2)  # (b, c, g, q, q), shared by the group's heads
-    # in place on the fresh difference: masked_fill_'s and exp_'s backward need no input
-    seg = (dA_cs[..., :, None] - dA_cs[..., None, :]).masked_fill_(non_causal, -torch.inf)
-    scores = CB[:, :, :, None] * seg.exp_().to(dtype)  # (b, c, g, hpg, q, q)
+    # 1. Within chunks: y_i = sum_{j <= i} (C_i . B_j) exp(cs_i - cs_j) xdt_j. The causal
+    # mask goes on CB, shared by the group's heads (hpg times fewer elements than the
+    # decays); cs_i - cs_j <= 0 for j <= i (the cumulative log-decay never grows), and
+    # above the diagonal, where CB is 0, clamping to 0 keeps exp finite. In place on fresh
+    # tensors: masked_fill_'s, clamp_max_'s and exp_'s backward need no saved input.
+    CB = (C @ B.transpose(-1, -2)).masked_fill_(non_causal, 0.0)  # (b, c, g, q, q)
+    decay = (dA_cs[..., :, None] - dA_cs[..., None, :]).clamp_max_(0.0).exp_()
+    scores = CB[:, :, :, None] * decay.to(dtype)  # (b, c, g, hpg, q, q)
     y = scores @ xdt.transpose(3, 4)  # (b, c, g, hpg, q, p)
 
     # 2. State each chunk adds: s = sum_j exp(cs_end - cs_j) B_j xdt_j^T.
