@@ -14,16 +14,22 @@ from .mamba2 import Mamba2Config, Mamba2Mixer, Mamba2Scan, RMSNormGated, scan_ba
 from .masking import valid_mask
 
 
-def reversal_index(valid: torch.Tensor, width: int) -> torch.Tensor:
-    """The `gather(1, index)` index `(batch, time, width)` that reverses each row of a
-    `(batch, time, width)` tensor within its valid frames (`valid` `(batch, time)`,
-    valid frames first): frame t of the reversed utterance is frame n_valid - 1 - t and
-    padding maps to itself. The map is its own inverse, so the same gather undoes it."""
-    batch, time = valid.shape
+def time_reversal(hidden_states, lengths=None, attention_mask=None):
+    """(valid, reverse) for a `(batch, time, ...)` input: `valid` `(batch, time)` bool
+    (None when neither lengths nor attention_mask is given, see `masking.valid_mask`) and
+    `reverse(t)`, which reverses each utterance of any `(batch, time, width)` tensor
+    within its valid frames: frame t of the reversed utterance is frame n_valid - 1 - t,
+    padding maps to itself. The map is its own inverse, so `reverse` also undoes it.
+    Without padding it is a plain flip."""
+    if lengths is None and attention_mask is None:
+        return None, lambda t: t.flip(1)
+    batch, time = hidden_states.shape[:2]
+    device = hidden_states.device
+    valid = valid_mask(batch, time, lengths, attention_mask, device=device)
     n_valid = valid.sum(dim=1, keepdim=True)  # (b, 1)
-    pos = torch.arange(time, device=valid.device)[None, :]  # (1, t)
-    reverse = torch.where(pos < n_valid, n_valid - 1 - pos, pos)  # (b, t)
-    return reverse[..., None].expand(batch, time, width)
+    pos = torch.arange(time, device=device)[None, :]  # (1, t)
+    index = torch.where(pos < n_valid, n_valid - 1 - pos, pos)[..., None]  # (b, t, 1)
+    return valid, lambda t: t.gather(1, index.expand(-1, -1, t.shape[-1]))
 
 
 class BiMamba2(nn.Module):
@@ -49,15 +55,11 @@ class BiMamba2(nn.Module):
         lengths / attention_mask: see `masking.valid_mask` (relative lengths, boolean /
         0-1 mask, or HF additive 2-D / 4-D mask); none means every frame is valid.
         """
-        batch, time, d_model = hidden_states.shape
-        if lengths is None and attention_mask is None:  # no padding: a plain flip, no mask
-            backward_out = self.backward_mixer(hidden_states.flip(1)).flip(1)
-            return self.forward_mixer(hidden_states) + backward_out
-        valid = valid_mask(batch, time, lengths, attention_mask, device=hidden_states.device)
-        reverse = reversal_index(valid, d_model)
-        forward_out = self.forward_mixer(hidden_states)
-        backward_out = self.backward_mixer(hidden_states.gather(1, reverse)).gather(1, reverse)
-        return (forward_out + backward_out) * valid[..., None].to(hidden_states.dtype)
+        valid, reverse = time_reversal(hidden_states, lengths, attention_mask)
+        out = self.forward_mixer(hidden_states) + reverse(
+            self.backward_mixer(reverse(hidden_states))
+        )
+        return out if valid is None else out * valid[..., None].to(out.dtype)
 
 
 class SharedProjectionBiMamba2(nn.Module):
@@ -93,16 +95,10 @@ class SharedProjectionBiMamba2(nn.Module):
         """hidden_states `(batch, time, d_model)` -> `(batch, time, d_model)`; lengths /
         attention_mask as BiMamba2's."""
         cfg = self.config
-        batch, time, _ = hidden_states.shape
         backend = scan_backend(cfg, hidden_states.device, self.in_proj.out_features, "mamba2")
         split = [cfg.d_inner, cfg.conv_dim, cfg.nheads, cfg.nheads]
         z, xBC, dt_fw, dt_bw = self.in_proj(hidden_states).split(split, dim=-1)
-        if lengths is None and attention_mask is None:  # no padding: a plain flip, no mask
-            valid = None
-            reverse = lambda t: t.flip(1)  # noqa: E731
-        else:
-            valid = valid_mask(batch, time, lengths, attention_mask, device=hidden_states.device)
-            reverse = lambda t: t.gather(1, reversal_index(valid, t.shape[-1]))  # noqa: E731
+        valid, reverse = time_reversal(hidden_states, lengths, attention_mask)
         y_fw = self.forward_scan.scan_sequence(xBC, dt_fw, backend)  # (b, l, d_inner)
         y_bw = self.backward_scan.scan_sequence(reverse(xBC), reverse(dt_bw), backend)
         out = self.out_proj(self.norm(y_fw + reverse(y_bw), z))

@@ -280,6 +280,9 @@ class Mamba2Mixer(Mamba2Scan):
     """
 
     def __init__(self, config: Mamba2Config):
+        # Not Mamba2Scan.__init__: the scan's parameters go between in_proj and norm, so
+        # parameters register (state-dict order) and draw their random init in the order
+        # of mamba_ssm's Mamba2 and of this class before Mamba2Scan existed.
         nn.Module.__init__(self)
         self.config = config
         cfg = config
