@@ -33,7 +33,10 @@ class Mamba2Config:
     (3000 frames, 2 threads; docs/BENCHMARKS.md).
 
     `chunk_size` is the mamba_ssm kernel's chunk; the pure-PyTorch scan uses
-    `torch_chunk_size` (fastest on CPU; the result does not depend on it beyond rounding).
+    `torch_chunk_size` (fastest on CPU; the result does not depend on it beyond rounding),
+    and runs a whole input of up to `torch_single_chunk` frames whose final state is not
+    needed as one chunk: the within-chunk product alone, no chunk states and no padding to
+    a multiple of the chunk, which is faster for short inputs (docs/BENCHMARKS.md).
     The pure-PyTorch mixer runs long inputs in blocks of `torch_time_block` frames (whole
     mixer per block, conv context and SSM state carried over), so that its intermediates
     stay cache-sized at any length; the result does not depend on it beyond rounding.
@@ -47,6 +50,7 @@ class Mamba2Config:
     ngroups: int = 1
     chunk_size: int = 256
     torch_chunk_size: int = 64
+    torch_single_chunk: int = 160
     torch_time_block: int = 1024
     A_init_range: tuple[float, float] = (1.0, 16.0)
     dt_min: float = 1e-3
@@ -214,13 +218,14 @@ class Mamba2Scan(nn.Module):
         self.A_log.copy_(torch.empty(cfg.nheads).uniform_(*cfg.A_init_range).log())
         self.D.fill_(1.0)
 
-    def scan(self, xBC, dt, backend, conv_context=None, state=None, mask=None):
+    def scan(self, xBC, dt, backend, conv_context=None, state=None, mask=None, need_state=True):
         """xBC `(batch, time, conv_dim)` and dt `(batch, time, nheads)` (in_proj's
         blocks) of frames that follow a part of the sequence whose last k - 1 conv inputs
         are `conv_context` and whose SSM state is `state` (None: the sequence starts
         here); `mask` `(batch, time)` marks valid frames. Returns (y `(batch, time,
         d_inner)`, conv_context, state) for the next frames (the last two None with the
-        mamba_ssm backend, which takes whole inputs).
+        mamba_ssm backend, which takes whole inputs, and without `need_state`: no frames
+        follow).
         """
         cfg = self.config
         batch, seqlen, _ = xBC.shape
@@ -254,17 +259,21 @@ class Mamba2Scan(nn.Module):
             dt = F.softplus(dt + self.dt_bias)  # (b, l, h)
             if valid is not None:  # ... and no decay of it (dt = 0)
                 dt = dt * valid
-            y, state = ssd_chunked(
-                x, dt, A, B, C, cfg.torch_chunk_size, initial_state=state, return_final_state=True
-            )
+            chunk = cfg.torch_chunk_size
+            if need_state:
+                y, state = ssd_chunked(x, dt, A, B, C, chunk, state, return_final_state=True)
+            else:  # a short input is one chunk: no chunk states to compute or pass on
+                chunk = seqlen if seqlen <= cfg.torch_single_chunk else chunk
+                y = ssd_chunked(x, dt, A, B, C, chunk, state)
+                next_context = state = None
             y = torch.addcmul(y, x, self.D[:, None].to(x.dtype))  # y + D x, (b, l, h, p)
         return y.reshape(batch, seqlen, cfg.d_inner), next_context, state
 
     def scan_sequence(self, xBC, dt, backend):
         """`scan` over whole sequences (no state in or out), on the torch backend in
         blocks of `torch_time_block` frames so that intermediates stay cache-sized."""
-        if backend == "mamba_ssm":
-            return self.scan(xBC, dt, backend)[0]
+        if backend == "mamba_ssm" or xBC.shape[1] <= self.config.torch_time_block:
+            return self.scan(xBC, dt, backend, need_state=False)[0]
 
         def block_fn(blocks, mask, conv_context, ssm_state):
             return self.scan(*blocks, "torch", conv_context, ssm_state)
@@ -306,9 +315,13 @@ class Mamba2Mixer(Mamba2Scan):
         """
         cfg = self.config
         backend = scan_backend(cfg, hidden_states.device, cfg.in_proj_width, "mamba2")
-        stateless = state is None and not return_state and attention_mask is None
-        if backend == "mamba_ssm" and stateless:
-            return self._forward_block(hidden_states, "mamba_ssm")[0]
+        stateless = state is None and not return_state
+        if backend == "mamba_ssm" and stateless and attention_mask is None:
+            return self._forward_block(hidden_states, "mamba_ssm", need_state=False)[0]
+        if stateless and hidden_states.shape[1] <= cfg.torch_time_block:
+            return self._forward_block(
+                hidden_states, "torch", mask=attention_mask, need_state=False
+            )[0]
 
         def block_fn(blocks, mask, conv_context, ssm_state):
             return self._forward_block(blocks[0], "torch", conv_context, ssm_state, mask)
@@ -318,11 +331,13 @@ class Mamba2Mixer(Mamba2Scan):
         )
         return (out, state) if return_state else out
 
-    def _forward_block(self, hidden_states, backend, conv_context=None, state=None, mask=None):
+    def _forward_block(
+        self, hidden_states, backend, conv_context=None, state=None, mask=None, need_state=True
+    ):
         """The whole mixer on a block of frames (see `scan`): (output, conv_context, state)."""
         cfg = self.config
         z, xBC, dt = self.in_proj(hidden_states).split([cfg.d_inner, cfg.conv_dim, cfg.nheads], -1)
-        y, conv_context, state = self.scan(xBC, dt, backend, conv_context, state, mask)
+        y, conv_context, state = self.scan(xBC, dt, backend, conv_context, state, mask, need_state)
         return self.out_proj(self.norm(y, z)), conv_context, state
 
     def step(self, hidden_states, state):

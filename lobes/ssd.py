@@ -43,6 +43,9 @@ def ssd_chunked(
         chunk_size: chunk length; any seqlen works (padded internally, sliced off).
         initial_state: `(batch, nheads, dstate, headdim)` float32 state before step 0
             (zeros when None), e.g. the final state of the preceding part of a sequence.
+        return_final_state: also return the state after the last step. A sequence of one
+            chunk that starts from zeros and is not asked for its state is step 1 alone
+            (no chunk states to compute or pass on).
 
     Returns:
         y `(batch, seqlen, nheads, headdim)` in x's dtype, and with `return_final_state`
@@ -71,12 +74,16 @@ def ssd_chunked(
     C = C.to(dtype).view(b, c, q, g, n).transpose(2, 3)  # (b, c, g, q, n)
     dA_cs = dA.view(b, c, q, g, hpg).permute(0, 1, 3, 4, 2).cumsum(-1)  # (b, c, g, hpg, q)
 
+    non_causal = torch.ones(q, q, dtype=torch.bool, device=x.device).triu(1)
+    if nchunks == 1 and initial_state is None and not return_final_state:
+        y = _within_chunks(xdt, dA_cs, B, C, non_causal).transpose(3, 4)  # (b, 1, g, q, hpg, p)
+        return y.permute(0, 1, 3, 2, 4, 5).reshape(b, q, nheads, p)[:, :seqlen]
+
     # Chunks are processed in blocks of `block` chunks, carrying the state between them:
     # the (.., q, q) intermediates then stay a few MB whatever the length, so they are
     # reused from the allocator's heap and the cache instead of being fresh mmap pages
     # (page faults) that made time grow faster than the length past ~10000 frames.
     block = max(1, BLOCK_ELEMENTS // (b * nheads * q * q))
-    non_causal = torch.ones(q, q, dtype=torch.bool, device=x.device).triu(1)
     if initial_state is None:
         state = torch.zeros(b, g, n, hpg, p, dtype=torch.float32, device=x.device)
     else:  # (b, h, n, p) -> (b, g, n, hpg, p), the layout of the chunk states
@@ -94,6 +101,21 @@ def ssd_chunked(
     return y, state.transpose(2, 3).reshape(b, nheads, n, p)
 
 
+def _within_chunks(xdt, dA_cs, B, C, non_causal):
+    """Step 1, each chunk on its own: y_i = sum_{j <= i} (C_i . B_j) exp(cs_i - cs_j) xdt_j
+    (shapes as `_ssd_block`'s) -> `(b, c, g, hpg, q, p)`.
+
+    The causal mask goes on CB, shared by the group's heads (hpg times fewer elements than
+    the decays); cs_i - cs_j <= 0 for j <= i (the cumulative log-decay never grows), and
+    above the diagonal, where CB is 0, clamping to 0 keeps exp finite. In place on fresh
+    tensors: masked_fill_'s, clamp_max_'s and exp_'s backward need no saved input.
+    """
+    CB = (C @ B.transpose(-1, -2)).masked_fill_(non_causal, 0.0)  # (b, c, g, q, q)
+    decay = (dA_cs[..., :, None] - dA_cs[..., None, :]).clamp_max_(0.0).exp_()
+    scores = CB[:, :, :, None] * decay.to(xdt.dtype)  # (b, c, g, hpg, q, q)
+    return scores @ xdt.transpose(3, 4)
+
+
 def _ssd_block(xdt, dA_cs, B, C, state, non_causal):
     """One block of chunks of `ssd_chunked` (shapes there, with c the block's chunks).
 
@@ -105,15 +127,8 @@ def _ssd_block(xdt, dA_cs, B, C, state, non_causal):
     b, c, g, q, hpg, p = xdt.shape
     n, dtype = B.shape[-1], xdt.dtype
 
-    # 1. Within chunks: y_i = sum_{j <= i} (C_i . B_j) exp(cs_i - cs_j) xdt_j. The causal
-    # mask goes on CB, shared by the group's heads (hpg times fewer elements than the
-    # decays); cs_i - cs_j <= 0 for j <= i (the cumulative log-decay never grows), and
-    # above the diagonal, where CB is 0, clamping to 0 keeps exp finite. In place on fresh
-    # tensors: masked_fill_'s, clamp_max_'s and exp_'s backward need no saved input.
-    CB = (C @ B.transpose(-1, -2)).masked_fill_(non_causal, 0.0)  # (b, c, g, q, q)
-    decay = (dA_cs[..., :, None] - dA_cs[..., None, :]).clamp_max_(0.0).exp_()
-    scores = CB[:, :, :, None] * decay.to(dtype)  # (b, c, g, hpg, q, q)
-    y = scores @ xdt.transpose(3, 4)  # (b, c, g, hpg, q, p)
+    # 1. Within chunks (the only step when the state enters and leaves no chunk).
+    y = _within_chunks(xdt, dA_cs, B, C, non_causal)  # (b, c, g, hpg, q, p)
 
     # 2. State each chunk adds: s = sum_j exp(cs_end - cs_j) B_j xdt_j^T.
     decay_to_end = torch.exp(dA_cs[..., -1:] - dA_cs).transpose(-1, -2)  # (b, c, g, q, hpg)

@@ -77,14 +77,21 @@ def naive_shared_bimamba2(m: dict, u: torch.Tensor, cfg: Mamba2Config) -> torch.
     return naive_norm_out(m, y_fw + y_bw, z, cfg)
 
 
-@pytest.mark.parametrize("time_block", [5, 1024])
-def test_shared_projection_matches_float64_reference_padded(time_block):
-    """A padded batch (time blocks dividing and not dividing the lengths) against the
-    float64 per-step reference on each utterance alone: outputs, input and every
-    parameter gradient (relative Frobenius error < RTOL)."""
+@pytest.mark.parametrize("time_block, single_chunk", [(5, 160), (1024, 0), (1024, 160)])
+def test_shared_projection_matches_float64_reference_padded(time_block, single_chunk):
+    """A padded batch (time blocks dividing and not dividing the lengths; one block in
+    chunks of 8 or as one chunk) against the float64 per-step reference on each
+    utterance alone: outputs, input and every parameter gradient (relative Frobenius
+    error < RTOL)."""
     torch.manual_seed(random.randrange(2**31))
     cfg = Mamba2Config(
-        d_model=16, d_state=8, headdim=4, ngroups=2, torch_chunk_size=8, torch_time_block=time_block
+        d_model=16,
+        d_state=8,
+        headdim=4,
+        ngroups=2,
+        torch_chunk_size=8,
+        torch_time_block=time_block,
+        torch_single_chunk=single_chunk,
     )
     layer = SharedProjectionBiMamba2(cfg)
     with torch.no_grad():  # non-trivial norm weights and D
