@@ -5,11 +5,13 @@ Not a test. One run measures, on this machine, and prints (and writes as CSV + P
 1. Encoder inference, batch 1, random weights (weights do not change the cost), audio
    of --seconds lengths: total time, its split into CNN feature encoder / mixing layers
    (attention or BiMamba2) / FFN / the rest (feature projection, positional conv, layer
-   norms), timed by forward hooks on those submodules; peak memory as the growth of a
-   fresh subprocess's peak resident set (VmHWM) during the first full-length forward over
-   its resident set after building the model, a 1 s warm-up and malloc_trim (every byte
-   touched, allocator caches included: an upper bound of the tensors' peak). Each time is the
-   median of --repeats forwards after that first one. Next to the measured
+   norms), timed by forward hooks on those submodules: both models in one fresh subprocess
+   per length, timed in turn for --repeats rounds (order alternating) after a full-length
+   warm-up each, so that the machine's slow and fast spells hit both alike; each time is
+   the median of its rounds. Peak memory: the growth of a fresh subprocess's peak resident
+   set (VmHWM) during one model's first full-length forward over its resident set after
+   building the model, a 1 s warm-up and malloc_trim (every byte touched, allocator caches
+   included: an upper bound of the tensors' peak). Next to the measured
    student/teacher speed ratio (teacher time / student time) stands the ideal ratio
    predicted by counting the FLOPs of both models (`model_flops`), for the encoder stack
    (mixing + FFN) and for the whole model, and the length where the student starts to
@@ -19,13 +21,14 @@ Not a test. One run measures, on this machine, and prints (and writes as CSV + P
 2. One training step on the same batch (`CALDBrain.fit_batch`, CTC, AdamW, CNN frozen
    as in the recipes): teacher fine-tuning (guidance.Std), plain student fine-tuning
    (guidance.Unguided) and the CALD target-guided step (guidance.Target: frozen teacher
-   forward + student forward/backward with KD and layerwise distillation).
+   forward + student forward/backward with KD and layerwise distillation), the three
+   timed in turn for --repeats rounds after one warm-up step each (medians).
 3. The SSD scan backends on BiMamba2 shapes: ours vs transformers' Mamba2 PyTorch path
    (`bench_bimamba2.py`'s measurement, reused).
 
 Default: wav2vec2-base dims, 2 threads, audio of 3, 10, 30 and 60 s (the recipes'
-utterances are 3-20 s), 3 repeats; `--full` sweeps 10 s to 10 min (10 min alone, one repeat: 10
-min); `--large` uses wav2vec2-large dims; `--mixer bimamba2_shared` and `--mixer-config
+utterances are 3-20 s), 5 rounds; `--full` sweeps 10 s to 10 min (a teacher forward on 10 min
+takes minutes: run it with `--repeats 1`); `--large` uses wav2vec2-large dims; `--mixer bimamba2_shared` and `--mixer-config
 '{"d_state": 64}'` time a cheaper student beside the same teacher.
 Every process runs with machine.MALLOC_ENV (see there; `--plain-malloc` to measure without).
 
@@ -69,6 +72,7 @@ LARGE = dict(
     do_stable_layer_norm=True,
 )
 PARTS = ("cnn", "mixing", "ffn", "other")
+KINDS = ("teacher", "student")
 VOCAB = ["<blank>", "|"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
 
 
@@ -110,15 +114,19 @@ def mixer_flops(cfg: Mamba2Config, frames: int, mixer: str) -> float:
     """One bidirectional mixer layer on `frames` steps with the chunked SSD scan (chunk q):
     the in/out projections (two pairs for bimamba2, one wider in_proj and one out_proj for
     bimamba2_shared), and per direction the depthwise conv and per frame 2*q*n*g (C B^T)
-    + 2*q*d_inner (scores @ x) + 4*n*d_inner (chunk states and their read-out)."""
+    + 2*q*d_inner (scores @ x) + 4*n*d_inner (chunk states and their read-out). Up to
+    `torch_single_chunk` frames the scan is one chunk: q = frames, no chunk states."""
     q, n = cfg.torch_chunk_size, cfg.d_state
+    states = 4 * n * cfg.d_inner
+    if frames <= cfg.torch_single_chunk:
+        q, states = frames, 0
     if mixer == "bimamba2_shared":
         in_width = cfg.d_inner + cfg.conv_dim + 2 * cfg.nheads
         projections = 2 * cfg.d_model * in_width + 2 * cfg.d_inner * cfg.d_model
     else:
         projections = 2 * (2 * cfg.d_model * cfg.in_proj_width + 2 * cfg.d_inner * cfg.d_model)
     scan = 2 * cfg.conv_dim * cfg.d_conv
-    scan += 2 * q * n * cfg.ngroups + 2 * q * cfg.d_inner + 4 * n * cfg.d_inner
+    scan += 2 * q * n * cfg.ngroups + 2 * q * cfg.d_inner + states
     return (projections + 2 * scan) * frames
 
 
@@ -160,7 +168,7 @@ def student_mixer_config(config: Wav2Vec2Config, args: argparse.Namespace) -> Ma
 
 
 # ---------------------------------------------------------------------------------
-# 1. Inference (one subprocess per model and length).
+# 1. Inference (per length: a subprocess timing both models in turn, one per model's peak).
 # ---------------------------------------------------------------------------------
 
 
@@ -191,40 +199,67 @@ class SplitTimer:
         self.seconds = dict.fromkeys(self.seconds, 0.0)
 
 
-def infer_child(kind: str, seconds: float, args: argparse.Namespace) -> dict:
-    """Measure one (model, audio length) in this process."""
-    repeats = args.repeats
-    model = build(kind, args)
+def split_timer(model: torch.nn.Module) -> SplitTimer:
+    """A SplitTimer on the model's CNN, mixing layers and FFNs."""
     layers = model.encoder.layers
-    timer = SplitTimer(
+    return SplitTimer(
         {
             "cnn": [model.feature_extractor],
             "mixing": [layer.attention for layer in layers],
             "ffn": [layer.feed_forward for layer in layers],
         }
     )
-    wav = torch.randn(1, int(seconds * SAMPLE_RATE))
-    cnn_chunk = args.cnn_chunk or None  # both models: the CNN as the inference interface runs it
 
-    def encode(wav):  # the inference interfaces' path: input normalisation, exact CNN
+
+def encoder_input(seconds: float, args: argparse.Namespace):
+    """(wav, encode): random audio of `seconds` and `encode(model, wav)`, the inference
+    interfaces' path (input normalisation, CNN in exact chunks of --cnn-chunk frames)."""
+    cnn_chunk = args.cnn_chunk or None
+
+    def encode(model, wav):
         return speech_model_forward(model, wav, torch.ones(1), cnn_chunk)
 
+    return torch.randn(1, int(seconds * SAMPLE_RATE)), encode
+
+
+def peak_child(kind: str, seconds: float, args: argparse.Namespace) -> dict:
+    """{"peak_mib"}: one model's peak memory during its first full-length forward, in
+    this fresh process (after building it, a 1 s warm-up and malloc_trim)."""
+    model = build(kind, args)
+    wav, encode = encoder_input(seconds, args)
     with torch.no_grad():
-        encode(torch.randn(1, SAMPLE_RATE))
+        encode(model, torch.randn(1, SAMPLE_RATE))
         peak_mib = machine.start_peak_rss()  # (building the student freed a teacher copy)
-        encode(wav)  # the measured peak; also the full-length warm-up
-        peak = peak_mib()
-        runs = []
-        for _ in range(repeats):
-            timer.reset()
-            start = time.perf_counter()
-            encode(wav)
-            total = time.perf_counter() - start
-            split = dict(timer.seconds)
-            split["other"] = total - sum(split.values())
-            runs.append({"total": total, **split})
-    result = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-    return {**result, "peak_mib": peak}
+        encode(model, wav)
+        return {"peak_mib": peak_mib()}
+
+
+def timing_child(seconds: float, args: argparse.Namespace) -> dict:
+    """Both models in this process, timed in turn for --repeats rounds (the order
+    alternating per round) after a full-length warm-up each, so that the machine's slow
+    and fast spells hit both alike -> {f"{kind}_{key}"}: medians of total and per-part
+    seconds."""
+    models = {kind: build(kind, args) for kind in KINDS}
+    timers = {kind: split_timer(model) for kind, model in models.items()}
+    wav, encode = encoder_input(seconds, args)
+    runs = {kind: [] for kind in KINDS}
+    with torch.no_grad():
+        for model in models.values():
+            encode(model, wav)
+        for round_ in range(args.repeats):
+            for kind in KINDS if round_ % 2 == 0 else KINDS[::-1]:
+                timers[kind].reset()
+                start = time.perf_counter()
+                encode(models[kind], wav)
+                total = time.perf_counter() - start
+                split = dict(timers[kind].seconds)
+                split["other"] = total - sum(split.values())
+                runs[kind].append({"total": total, **split})
+    return {
+        f"{kind}_{key}": statistics.median(run[key] for run in kind_runs)
+        for kind, kind_runs in runs.items()
+        for key in kind_runs[0]
+    }
 
 
 def run_child(args: argparse.Namespace, *child: str) -> dict:
@@ -264,27 +299,25 @@ def inference_section(args) -> list[dict]:
     )
     print("\n1. inference, batch 1\n" + header, flush=True)
     for seconds in args.seconds:
-        row = {"seconds": seconds}
-        for kind in ("teacher", "student"):
-            result = run_child(args, "infer", kind, str(seconds))
+        row = {"seconds": seconds, **run_child(args, "both", str(seconds))}
+        for kind in KINDS:
+            row[f"{kind}_peak_mib"] = run_child(args, kind, str(seconds))["peak_mib"]
             samples = int(seconds * SAMPLE_RATE)
             flops = model_flops(config, None if kind == "teacher" else mixer, samples, args.mixer)
             row["frames"] = flops["frames"]
-            for key, value in result.items():
-                row[f"{kind}_{key}"] = value
             for part in PARTS:
                 row[f"{kind}_{part}_gflop"] = flops[part] / 1e9
             total_gflop = sum(flops[p] for p in PARTS) / 1e9
+            cells = [row[f"{kind}_{key}"] for key in ("total", *PARTS, "peak_mib")]
             print(
-                f"{seconds:>7g} {flops['frames']:>6} {kind:>7} {result['total']:>8.2f}"
-                f" {result['cnn']:>7.2f} {result['mixing']:>8.2f} {result['ffn']:>7.2f}"
-                f" {result['other']:>7.2f} {result['peak_mib']:>8.0f}"
-                f" {total_gflop / result['total']:>7.1f}",
+                f"{seconds:>7g} {flops['frames']:>6} {kind:>7} {cells[0]:>8.2f} {cells[1]:>7.2f}"
+                f" {cells[2]:>8.2f} {cells[3]:>7.2f} {cells[4]:>7.2f} {cells[5]:>8.0f}"
+                f" {total_gflop / cells[0]:>7.1f}",
                 flush=True,
             )
         for scope, parts in (("stack", ("mixing", "ffn")), ("whole", PARTS)):
-            measured = [sum(row[f"{k}_{p}"] for p in parts) for k in ("teacher", "student")]
-            ideal = [sum(row[f"{k}_{p}_gflop"] for p in parts) for k in ("teacher", "student")]
+            measured = [sum(row[f"{k}_{p}"] for p in parts) for k in KINDS]
+            ideal = [sum(row[f"{k}_{p}_gflop"] for p in parts) for k in KINDS]
             row[f"ratio_{scope}"] = measured[0] / measured[1]
             row[f"ideal_{scope}"] = ideal[0] / ideal[1]
         rows.append(row)
@@ -348,10 +381,9 @@ def training_section(args) -> list[dict]:
     batch = training_batch(args.train_batch, args.train_seconds)
     print(
         f"\n2. training step: batch {args.train_batch} x {args.train_seconds:g} s, CTC,"
-        " AdamW, CNN frozen; median of fit_batch after 1 warm-up",
+        " AdamW, CNN frozen; the three steps in turn, median of fit_batch after 1 warm-up",
         flush=True,
     )
-    rows = []
     transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
@@ -367,6 +399,7 @@ def training_section(args) -> list[dict]:
                 CALDLossWeights(task=1.0, kd=1.0, ld=15.0),
             ),
         }
+        brains = {}
         for name, guidance in modes.items():
             brain = CALDBrain(
                 opt_class=lambda params: torch.optim.AdamW(params, lr=1e-5),
@@ -376,14 +409,17 @@ def training_section(args) -> list[dict]:
             brain.on_fit_start()  # optimizer, layer-map check
             brain.modules.train()
             brain.on_stage_start(sb.Stage.TRAIN)
-            times = []
-            for _ in range(1 + args.repeats):
-                brain.step += 1
+            brains[name] = brain
+        times = {name: [] for name in brains}
+        names = list(brains)
+        for round_ in range(1 + args.repeats):  # round 0: the warm-up step of each
+            for name in names[round_ % 3 :] + names[: round_ % 3]:  # order rotates
+                brains[name].step += 1
                 start = time.perf_counter()
-                brain.fit_batch(batch)
-                times.append(time.perf_counter() - start)
-            rows.append({"step": name, "seconds": statistics.median(times[1:])})
-            del brain
+                brains[name].fit_batch(batch)
+                times[name].append(time.perf_counter() - start)
+        rows = [{"step": name, "seconds": statistics.median(t[1:])} for name, t in times.items()]
+        del brains
     plain = rows[1]["seconds"]
     for row in rows:
         row["vs_student_step"] = row["seconds"] / plain
@@ -461,7 +497,7 @@ def main():
     parser.add_argument("--full", action="store_true", help=f"audio lengths {FULL_SECONDS}")
     parser.add_argument("--large", action="store_true", help="wav2vec2-large dims")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--train-seconds", type=float, default=4.0)
     parser.add_argument("--ssd-frames", type=int, nargs="+", default=[3000])
@@ -486,13 +522,14 @@ def main():
         choices=["bimamba2", "bimamba2_shared"],
         help="the student's mixer: the paper's BiMamba2 or the shared-projection one",
     )
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     malloc = machine.use_malloc_env(args.plain_malloc)
     torch.set_num_threads(args.threads)
     if args.child:
-        _, kind, seconds = args.child
-        print(json.dumps(infer_child(kind, float(seconds), args)))
+        kind, seconds = args.child[0], float(args.child[1])
+        result = timing_child(seconds, args) if kind == "both" else peak_child(kind, seconds, args)
+        print(json.dumps(result))
         return
     args.seconds = args.seconds or (FULL_SECONDS if args.full else DEFAULT_SECONDS)
     print(machine.describe())
