@@ -27,9 +27,10 @@ Not a test. One run measures, on this machine, and prints (and writes as CSV + P
    (`bench_bimamba2.py`'s measurement, reused).
 
 Default: wav2vec2-base dims, 2 threads, audio of 3, 10, 30 and 60 s (the recipes'
-utterances are 3-20 s), 5 rounds; `--full` sweeps 10 s to 10 min (a teacher forward on 10 min
-takes minutes: run it with `--repeats 1`); `--large` uses wav2vec2-large dims; `--mixer bimamba2_shared` and `--mixer-config
-'{"d_state": 64}'` time a cheaper student beside the same teacher.
+utterances are 3-20 s), 5 rounds; `--full` sweeps 10 s to 10 min (a teacher forward on
+10 min takes minutes: run it with `--repeats 1`); `--large` uses wav2vec2-large dims;
+`--mixer bimamba2_shared` and `--mixer-config '{"d_state": 64}'` time a cheaper student
+beside the same teacher.
 Every process runs with machine.MALLOC_ENV (see there; `--plain-malloc` to measure without).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_encoder.py
