@@ -309,11 +309,12 @@ def inference_section(args) -> list[dict]:
             for part in PARTS:
                 row[f"{kind}_{part}_gflop"] = flops[part] / 1e9
             total_gflop = sum(flops[p] for p in PARTS) / 1e9
-            cells = [row[f"{kind}_{key}"] for key in ("total", *PARTS, "peak_mib")]
+            m = {key: row[f"{kind}_{key}"] for key in ("total", *PARTS, "peak_mib")}
             print(
-                f"{seconds:>7g} {flops['frames']:>6} {kind:>7} {cells[0]:>8.2f} {cells[1]:>7.2f}"
-                f" {cells[2]:>8.2f} {cells[3]:>7.2f} {cells[4]:>7.2f} {cells[5]:>8.0f}"
-                f" {total_gflop / cells[0]:>7.1f}",
+                f"{seconds:>7g} {flops['frames']:>6} {kind:>7} {m['total']:>8.2f}"
+                f" {m['cnn']:>7.2f} {m['mixing']:>8.2f} {m['ffn']:>7.2f}"
+                f" {m['other']:>7.2f} {m['peak_mib']:>8.0f}"
+                f" {total_gflop / m['total']:>7.1f}",
                 flush=True,
             )
         for scope, parts in (("stack", ("mixing", "ffn")), ("whole", PARTS)):
@@ -414,7 +415,8 @@ def training_section(args) -> list[dict]:
         times = {name: [] for name in brains}
         names = list(brains)
         for round_ in range(1 + args.repeats):  # round 0: the warm-up step of each
-            for name in names[round_ % 3 :] + names[: round_ % 3]:  # order rotates
+            turn = round_ % len(names)  # the order rotates
+            for name in names[turn:] + names[:turn]:
                 brains[name].step += 1
                 start = time.perf_counter()
                 brains[name].fit_batch(batch)

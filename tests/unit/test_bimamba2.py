@@ -5,7 +5,7 @@ import random
 
 import pytest
 import torch
-from test_ssd_mamba2 import RTOL, naive_norm_out, naive_scan_part, rel_err
+from test_ssd_mamba2 import RTOL, naive_norm_out, naive_scan_part, reference_config, rel_err
 from torch import nn
 
 from speechbrain_cald.lobes.bimamba2 import (
@@ -84,15 +84,7 @@ def test_shared_projection_matches_float64_reference_padded(time_block, single_c
     utterance alone: outputs, input and every parameter gradient (relative Frobenius
     error < RTOL)."""
     torch.manual_seed(random.randrange(2**31))
-    cfg = Mamba2Config(
-        d_model=16,
-        d_state=8,
-        headdim=4,
-        ngroups=2,
-        torch_chunk_size=8,
-        torch_time_block=time_block,
-        torch_single_chunk=single_chunk,
-    )
+    cfg = reference_config(torch_time_block=time_block, torch_single_chunk=single_chunk)
     layer = SharedProjectionBiMamba2(cfg)
     with torch.no_grad():  # non-trivial norm weights and D
         layer.norm.weight.uniform_(0.5, 1.5)

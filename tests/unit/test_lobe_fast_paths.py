@@ -22,6 +22,7 @@ from test_ssd_mamba2 import (
     naive_mixer,
     naive_scan,
     random_scan_inputs,
+    reference_config,
     rel_err,
 )
 
@@ -74,14 +75,7 @@ def test_time_blocked_mixer_matches_naive_float64_mixer(time_block):
     """Length 21: blocks of 1 (shorter than the conv context), 5 (last block 1 frame),
     8 (one chunk) and 13 (two blocks, partial chunks)."""
     torch.manual_seed(random.randrange(2**31))
-    cfg = Mamba2Config(
-        d_model=16,
-        d_state=8,
-        headdim=4,
-        ngroups=2,
-        torch_chunk_size=8,
-        torch_time_block=time_block,
-    )
+    cfg = reference_config(torch_time_block=time_block)
     mixer = Mamba2Mixer(cfg)
     params64 = {k: v.detach().double().requires_grad_() for k, v in mixer.named_parameters()}
     u = torch.randn(2, 21, cfg.d_model, requires_grad=True)

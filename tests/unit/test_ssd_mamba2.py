@@ -111,19 +111,20 @@ def naive_mixer(m: dict, u: torch.Tensor, cfg: Mamba2Config) -> torch.Tensor:
     return naive_norm_out(m, naive_scan_part(m, xBC, dt, cfg), z, cfg)
 
 
+def reference_config(**overrides) -> Mamba2Config:
+    """The small mixer config of the float64-reference tests: 4 heads of 4 in 2 groups,
+    d_state 8, chunks of 8 (`overrides`: time blocks, the one-chunk limit)."""
+    return Mamba2Config(
+        d_model=16, d_state=8, headdim=4, ngroups=2, torch_chunk_size=8, **overrides
+    )
+
+
 @pytest.mark.parametrize("single_chunk", [0, 160], ids=["chunks", "one_chunk"])
 def test_mamba2_mixer_matches_naive_float64_mixer(single_chunk):
     """Length 21 in chunks of 8 (state passed between them), or as one chunk (inputs of
     up to `torch_single_chunk` frames): outputs and every parameter gradient."""
     torch.manual_seed(random.randrange(2**31))
-    cfg = Mamba2Config(
-        d_model=16,
-        d_state=8,
-        headdim=4,
-        ngroups=2,
-        torch_chunk_size=8,
-        torch_single_chunk=single_chunk,
-    )
+    cfg = reference_config(torch_single_chunk=single_chunk)
     mixer = Mamba2Mixer(cfg)
     with torch.no_grad():  # non-trivial norm weights and D
         mixer.norm.weight.uniform_(0.5, 1.5)
