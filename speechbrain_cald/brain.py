@@ -82,10 +82,11 @@ class CALDBrain(ResumableBrain):
         """Student forward; teacher forward only when training with a guided weight."""
         batch = batch.to(self.device)
         self.weights = self.guidance.weights(self.optimizer_step)  # once per batch
-        student = self.task.forward(self.modules.student, batch, stage, self.heads)
         teacher = None
-        if stage == sb.Stage.TRAIN and self.weights.guided:
-            teacher = self.guidance.teacher_forward(batch, self.optimizer_step, stage)
+        with self.task.shared_front_end():  # a frozen CNN the teacher shares runs once
+            student = self.task.forward(self.modules.student, batch, stage, self.heads)
+            if stage == sb.Stage.TRAIN and self.weights.guided:
+                teacher = self.guidance.teacher_forward(batch, self.optimizer_step, stage)
         return student, teacher
 
     def compute_objectives(self, predictions, batch, stage):

@@ -15,6 +15,7 @@ before every layer, for the same reason.
 """
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from tqdm import tqdm
@@ -119,12 +120,61 @@ def exact_feature_encoder(model, sample_lengths=None, chunk_frames=None, progres
 
 
 @contextmanager
+def shared_frozen_features():
+    """Within the block, a frozen CNN feature encoder (no parameter needs a gradient)
+    given the same input and lengths as an earlier frozen one with equal weights
+    returns that one's output instead of running again. In a CALD step the student's
+    CNN is the pretrained one, frozen, and so is the teacher's; both read the same
+    batch, so the teacher's CNN pass is the student's. A CNN that trains, or whose
+    weights differ in any element, runs as usual."""
+    token = _SHARED_FEATURES.set([])
+    try:
+        yield
+    finally:
+        _SHARED_FEATURES.reset(token)
+
+
+# (tensors the output depends on: weights, input, lengths; chunk_frames; output) of the
+# frozen CNN passes run so far in the innermost `shared_frozen_features` block
+_SHARED_FEATURES = ContextVar("shared_frozen_features", default=None)
+
+
+def _equal_tensors(first, second):
+    return len(first) == len(second) and all(
+        a is b or (a.shape, a.dtype, a.device) == (b.shape, b.dtype, b.device) and torch.equal(a, b)
+        for a, b in zip(first, second)
+    )
+
+
+def _shared_forward(encoder, forward, sample_lengths, chunk_frames):
+    """`forward` of `encoder` that reuses or records its output in the current
+    `shared_frozen_features` block; None outside one, or when the encoder trains."""
+    passes = _SHARED_FEATURES.get()
+    params = list(encoder.parameters())
+    if passes is None or any(p.requires_grad for p in params):
+        return None
+    lengths = [] if sample_lengths is None else [sample_lengths]
+
+    def shared(wavs):
+        inputs = [*params, wavs, *lengths]
+        for earlier_inputs, earlier_chunk, features in passes:
+            if earlier_chunk == chunk_frames and _equal_tensors(earlier_inputs, inputs):
+                return features
+        features = forward(wavs)
+        passes.append((inputs, chunk_frames, features.detach()))
+        return features
+
+    return shared
+
+
+@contextmanager
 def _exact_cnn(model, sample_lengths=None, chunk_frames=None, progress=False):
     """Within the block, `model`'s CNN feature encoder treats each utterance of a
     right-padded batch as if it were alone: sample_lengths `(batch,)` holds the
     number of valid samples of each row (None: no padding). With `chunk_frames`, the
     CNN runs in chunks of that many output frames (with a tqdm bar over them if
-    `progress`), so its memory stays that of one chunk whatever the length.
+    `progress`), so its memory stays that of one chunk whatever the length. Inside
+    `shared_frozen_features`, a frozen CNN's output may be an equal CNN's.
 
     Chunk c covers output frames [c*n, (c+1)*n) and reads exactly their input
     samples: it starts at a multiple of the total stride and overlaps the next chunk
@@ -139,14 +189,11 @@ def _exact_cnn(model, sample_lengths=None, chunk_frames=None, progress=False):
     group_norm = encoder.conv_layers[0].layer_norm if norm == "group" else None
     if group_norm is not None and group_norm.num_groups != group_norm.num_channels:
         raise ValueError(f"expected one GroupNorm group per channel, got {group_norm}")
-    if chunk_frames is None and (group_norm is None or sample_lengths is None):
-        yield  # nothing differs from HF's own forward
-        return
     field, stride = feature_encoder_geometry(config)
     conv = encoder.conv_layers[0].conv
     whole = encoder.forward
 
-    def forward(wavs):
+    def exact(wavs):
         lengths = sample_lengths
         if lengths is None:
             lengths = torch.full((wavs.shape[0],), wavs.shape[-1], device=wavs.device)
@@ -175,6 +222,12 @@ def _exact_cnn(model, sample_lengths=None, chunk_frames=None, progress=False):
                 del group_norm.forward
         return torch.cat(pieces, dim=-1) if several else pieces[0]
 
+    if chunk_frames is None and (group_norm is None or sample_lengths is None):
+        exact = whole  # nothing differs from HF's own forward
+    forward = _shared_forward(encoder, exact, sample_lengths, chunk_frames) or exact
+    if forward is whole:
+        yield
+        return
     encoder.forward = forward
     try:
         yield

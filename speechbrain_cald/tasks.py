@@ -7,6 +7,7 @@ Speech input: ``sig`` = (wavs (batch, samples), relative lengths). Text input:
 ``tokens`` = (ids (batch, tokens) right-padded, relative lengths).
 """
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from speechbrain.dataio.batch import PaddedData
 from speechbrain.dataio.encoder import CTCTextEncoder
 from speechbrain.utils.metric_stats import ErrorRateStats, MetricStats
 
-from speechbrain_cald import conversion, hyperyaml, speech_input
+from speechbrain_cald import conversion, feature_encoder, hyperyaml, speech_input
 from speechbrain_cald.exports import InferenceExport, export_text_tokenizer, padded_label_encoder
 from speechbrain_cald.masks import lengths_to_mask, masked_mean
 
@@ -100,6 +101,11 @@ class Task:
         """Run `model` (and `heads`) on `batch` -> TaskOutputs."""
         raise NotImplementedError
 
+    def shared_front_end(self):
+        """A context in which forward passes of several models on one batch (student
+        and teacher) may share the work of a frozen front end they have in common."""
+        return contextlib.nullcontext()
+
     def loss(self, outputs, batch):
         """Task loss (scalar) of `outputs` against the batch's targets."""
         raise NotImplementedError
@@ -141,6 +147,11 @@ class SpeechTask(Task):
         speech_input.ensure_feature_extractor(model, folder)
         if self.freeze_feature_encoder:
             model.freeze_feature_encoder()
+
+    def shared_front_end(self):
+        """Equal frozen CNN feature encoders run once per batch
+        (`feature_encoder.shared_frozen_features`)."""
+        return feature_encoder.shared_frozen_features()
 
     def save(self, folder, model, heads=None):
         """As `Task.save`, plus the HF ``preprocessor_config.json`` of the model."""

@@ -4,6 +4,7 @@ Each mode does what it claims (teacher identity per step, loss weights), checkpo
 resume exactly, and a layer mismatch fails at fit start with a clear error.
 """
 
+import contextlib
 import copy
 import os
 
@@ -173,6 +174,31 @@ def test_target_teacher_is_frozen_and_the_same_every_step(folders, tmp_path):
 
     train(brain, make_batches(3), check)
     assert brain.step_terms["kd"] > 0 and brain.step_terms["ld"] > 0
+
+
+def test_cald_step_runs_the_frozen_cnn_it_shares_with_the_teacher_once(
+    folders, tmp_path, monkeypatch
+):
+    def losses_and_cnn_passes(folder):
+        task = CTCASR(VOCAB, freeze_feature_encoder=True)  # as the recipes
+        torch.manual_seed(0)  # the same student
+        brain = make_brain(MODES["target"](folders, tmp_path), tmp_path / folder, task=task)
+        brain.on_fit_start()
+        passes = []
+        for name, model in (
+            ("student", brain.modules.student),
+            ("teacher", brain.guidance.teacher(0)[0]),
+        ):
+            first_layer = model.base_model.feature_extractor.conv_layers[0]
+            first_layer.register_forward_hook(lambda *_, name=name: passes.append(name))
+        return train(brain, make_batches(2)), passes
+
+    shared_losses, passes = losses_and_cnn_passes("shared")
+    assert passes == ["student", "student"]  # the teacher's pass is the student's
+    monkeypatch.setattr(CTCASR, "shared_front_end", lambda self: contextlib.nullcontext())
+    losses, passes = losses_and_cnn_passes("unshared")
+    assert passes == ["student", "teacher"] * 2
+    assert shared_losses == losses  # the same step, bit for bit
 
 
 def test_trajectory_teacher_changes_every_update_steps_only(folders, tmp_path):

@@ -8,6 +8,9 @@
 - The input normalisation equals HF's `Wav2Vec2FeatureExtractor` (1e-5).
 - Files at other rates, stereo, int16 or float reach the model as the same input in
   training and at inference (exactly: one reader, one resampler).
+- Inside a task's `shared_front_end`, a frozen CNN equal to one that already ran on the
+  batch is not run again and the outputs are bit-identical to running it; a CNN that
+  trains, or differs in one weight, or another batch, runs.
 """
 
 import numpy as np
@@ -25,6 +28,7 @@ from speechbrain_cald.tasks import CTCASR
 
 VOCAB = ["<blank>", "|", "a", "b", "c", "d", "e", "f"]
 RTOL = 1e-5
+STUDENT = {"mixer_config": {"d_state": 7, "headdim": 8, "chunk_size": 16}}
 pytestmark = pytest.mark.filterwarnings("ignore:Mamba2 in_proj width:UserWarning")
 
 
@@ -46,8 +50,7 @@ def tiny_model(norm, student):
         torch.nn.init.normal_(first.layer_norm.bias)
     speech_input.attach_feature_extractor(model, speech_input.feature_extractor_for())
     if student:
-        mixer = {"d_state": 7, "headdim": 8, "chunk_size": 16}
-        model = conversion.convert_to_student(model, {"mixer_config": mixer})[0]
+        model = conversion.convert_to_student(model, STUDENT)[0]
     return model.train()  # no dropout: train mode is deterministic and has gradients
 
 
@@ -182,3 +185,55 @@ def test_non_finite_audio_is_an_error_naming_the_file(tmp_path):
     soundfile.write(path, np.array([0.1, np.inf, 0.0] * 100, dtype=np.float32), 16000, "FLOAT")
     with pytest.raises(ValueError, match=r"bad\.wav: 100 non-finite"):
         speech_data.audio_pipeline(16000)(path)
+
+
+def count_cnn_passes(*models):
+    """A list that gets one entry per forward of each model's first CNN layer."""
+    passes = []
+    for model in models:
+        first = model.base_model.feature_extractor.conv_layers[0]
+        first.register_forward_hook(lambda *_, m=model: passes.append(m))
+    return passes
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_frozen_cnn_runs_once_for_student_and_teacher(norm):
+    teacher = tiny_model(norm, False)
+    teacher.freeze_feature_encoder()
+    student = conversion.convert_to_student(teacher, STUDENT)[0]
+    task, batch = CTCASR(VOCAB), speech_batch([torch.randn(3001), torch.randn(5000)])
+
+    def student_then_teacher(**changes):
+        for name, value in changes.items():
+            value(student if name == "student" else teacher)
+        passes = count_cnn_passes(student, teacher)
+        with task.shared_front_end():
+            out_s = task.forward(student, batch, sb.Stage.TRAIN)
+            with torch.no_grad():
+                out_t = task.forward(teacher, batch, sb.Stage.TRAIN)
+        return out_s, out_t, passes
+
+    def alone(model):
+        with torch.no_grad():
+            return task.forward(model, batch, sb.Stage.TRAIN)
+
+    out_s, out_t, passes = student_then_teacher()
+    assert passes == [student]  # the teacher's CNN pass is the student's
+    for mine, reference in ((out_s, alone(student)), (out_t, alone(teacher))):
+        assert torch.equal(mine.logits, reference.logits)
+        assert all(map(torch.equal, mine.hidden_states, reference.hidden_states))
+    out_s.logits.sum().backward()  # the student still trains (and not its frozen CNN)
+    assert student.lm_head.weight.grad is not None
+    assert all(p.grad is None for p in student.base_model.feature_extractor.parameters())
+
+    last_cnn_weight = "base_model.feature_extractor.conv_layers.2.conv.weight"
+    with torch.no_grad():
+        teacher.get_parameter(last_cnn_weight)[0, 0, 0] += 1e-3  # one weight differs
+    out_s, out_t, passes = student_then_teacher()
+    assert passes == [student, teacher]
+    assert torch.equal(out_t.logits, alone(teacher).logits)
+
+    teacher.get_parameter(last_cnn_weight).copy_(student.get_parameter(last_cnn_weight))
+    assert student_then_teacher()[2] == [student]
+    trains = {"student": lambda m: m.base_model.feature_extractor.requires_grad_(True)}
+    assert student_then_teacher(**trains)[2] == [student, teacher]
