@@ -22,7 +22,8 @@ Not a test. One run measures, on this machine, and prints (and writes as CSV + P
    as in the recipes): teacher fine-tuning (guidance.Std), plain student fine-tuning
    (guidance.Unguided) and the CALD target-guided step (guidance.Target: frozen teacher
    forward + student forward/backward with KD and layerwise distillation), the three
-   timed in turn for --repeats rounds after one warm-up step each (medians).
+   timed in turn for --repeats rounds after one warm-up step each (medians), beside
+   their FLOP ideal (`training_flops`).
 3. The SSD scan backends on BiMamba2 shapes: ours vs transformers' Mamba2 PyTorch path
    (`bench_bimamba2.py`'s measurement, reused).
 
@@ -424,10 +425,33 @@ def training_section(args) -> list[dict]:
         rows = [{"step": name, "seconds": statistics.median(t[1:])} for name, t in times.items()]
         del brains
     plain = rows[1]["seconds"]
-    for row in rows:
+    ideal = training_flops(args)
+    print(f"  {'':<32} {'time':>9}  {'ratio':>5}  FLOP ideal (ratio)")
+    for row, flops in zip(rows, ideal):
         row["vs_student_step"] = row["seconds"] / plain
-        print(f"  {row['step']:<32} {row['seconds']:7.2f} s  {row['vs_student_step']:5.2f}x")
+        row["ideal_vs_student_step"] = flops / ideal[1]
+        print(
+            f"  {row['step']:<32} {row['seconds']:7.2f} s  {row['vs_student_step']:5.2f}x"
+            f"  {row['ideal_vs_student_step']:5.2f}x"
+        )
     return rows
+
+
+def training_flops(args) -> list[float]:
+    """FLOPs of the teacher step, the plain student step and the CALD step on the
+    training batch: the frozen CNN's forward once, the rest forward + backward (3x its
+    forward); the CALD step adds the teacher's forward without the CNN (shared)."""
+    config = wav2vec2_config(args.large)
+    samples = int(args.train_seconds * SAMPLE_RATE)
+    mixer = student_mixer_config(config, args)
+    teacher, student = (model_flops(config, m, samples, args.mixer) for m in (None, mixer))
+    trained = ("mixing", "ffn", "other")
+
+    def step(flops):
+        return args.train_batch * (flops["cnn"] + 3 * sum(flops[p] for p in trained))
+
+    teacher_forward = args.train_batch * sum(teacher[p] for p in trained)
+    return [step(teacher), step(student), step(student) + teacher_forward]
 
 
 # ---------------------------------------------------------------------------------
