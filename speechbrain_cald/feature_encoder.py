@@ -140,6 +140,7 @@ _SHARED_FEATURES = ContextVar("shared_frozen_features", default=None)
 
 
 def _equal_tensors(first, second):
+    """Whether two lists of tensors are equal pairwise (shape, dtype, device, values)."""
     return len(first) == len(second) and all(
         a is b or (a.shape, a.dtype, a.device) == (b.shape, b.dtype, b.device) and torch.equal(a, b)
         for a, b in zip(first, second)
@@ -222,9 +223,9 @@ def _exact_cnn(model, sample_lengths=None, chunk_frames=None, progress=False):
                 del group_norm.forward
         return torch.cat(pieces, dim=-1) if several else pieces[0]
 
-    if chunk_frames is None and (group_norm is None or sample_lengths is None):
-        exact = whole  # nothing differs from HF's own forward
-    forward = _shared_forward(encoder, exact, sample_lengths, chunk_frames) or exact
+    plain = chunk_frames is None and (group_norm is None or sample_lengths is None)
+    own = whole if plain else exact  # plain: nothing differs from HF's own forward
+    forward = _shared_forward(encoder, own, sample_lengths, chunk_frames) or own
     if forward is whole:
         yield
         return
