@@ -151,8 +151,10 @@ def _shared_forward(encoder, forward, sample_lengths, chunk_frames):
     """`forward` of `encoder` that reuses or records its output in the current
     `shared_frozen_features` block; None outside one, or when the encoder trains."""
     passes = _SHARED_FEATURES.get()
+    if passes is None:
+        return None
     params = list(encoder.parameters())
-    if passes is None or any(p.requires_grad for p in params):
+    if any(p.requires_grad for p in params):
         return None
     lengths = [] if sample_lengths is None else [sample_lengths]
 

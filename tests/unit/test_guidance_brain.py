@@ -15,6 +15,7 @@ import transformers
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.nnet.schedulers import WarmAndExpDecayLRSchedule
 from speechbrain.utils.checkpoints import Checkpointer
+from test_speech_input import count_cnn_passes
 
 from speechbrain_cald import guidance as g
 from speechbrain_cald import speech_input
@@ -184,14 +185,10 @@ def test_cald_step_runs_the_frozen_cnn_it_shares_with_the_teacher_once(
         torch.manual_seed(0)  # the same student
         brain = make_brain(MODES["target"](folders, tmp_path), tmp_path / folder, task=task)
         brain.on_fit_start()
-        passes = []
-        for name, model in (
-            ("student", brain.modules.student),
-            ("teacher", brain.guidance.teacher(0)[0]),
-        ):
-            first_layer = model.base_model.feature_extractor.conv_layers[0]
-            first_layer.register_forward_hook(lambda *_, name=name: passes.append(name))
-        return train(brain, make_batches(2)), passes
+        student, teacher = brain.modules.student, brain.guidance.teacher(0)[0]
+        passes = count_cnn_passes(student, teacher)
+        losses = train(brain, make_batches(2))
+        return losses, [{student: "student", teacher: "teacher"}[m] for m in passes]
 
     shared_losses, passes = losses_and_cnn_passes("shared")
     assert passes == ["student", "student"]  # the teacher's pass is the student's
