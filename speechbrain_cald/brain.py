@@ -20,6 +20,7 @@ import speechbrain as sb
 from speechbrain.utils.checkpoints import register_checkpoint_hooks
 from speechbrain.utils.distributed import main_process_only
 
+from speechbrain_cald import param_groups
 from speechbrain_cald.losses import (
     check_layer_compatibility,
     kd_loss,
@@ -67,6 +68,20 @@ class CALDBrain(ResumableBrain):
         """Save the student (+ heads) as a folder `Task.load` / a teacher can read
         (the bare modules under DDP, so no `module.` prefix reaches the files)."""
         self.task.save(folder, unwrapped(self.modules.student), unwrapped(self.heads))
+
+    def init_optimizers(self):
+        """One optimizer group per parameter role when the YAML sets `lr_groups`
+        (`param_groups`), else Brain's single group."""
+        lr_groups = getattr(self.hparams, "lr_groups", None)
+        if not lr_groups or self.opt_class is None:
+            return super().init_optimizers()
+        groups = param_groups.parameter_groups(
+            unwrapped(self.modules.student), unwrapped(self.heads), self.hparams.lr, lr_groups
+        )
+        self.optimizer = self.opt_class(groups)
+        self.optimizers_dict = {"opt_class": self.optimizer}
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
 
     def on_fit_start(self):
         """Brain set-up and recovery, then check the student/teacher layer map."""

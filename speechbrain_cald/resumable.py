@@ -14,7 +14,9 @@ read from the YAML):
   no update (its gradients are dropped, the LR schedule and the step count do not
   advance); such batches are counted in `nonfinite_skipped` and the run stops with
   an error naming the terms once more than `nonfinite_patience` occur in one epoch.
-- lr_scheduler (hparams): called as scheduler(optimizer) once per optimizer step.
+- lr_scheduler (hparams): called as scheduler(optimizer) once per optimizer step;
+  parameter groups with an `lr_scale` get that multiple of its LR
+  (`param_groups.scaled_groups`).
 - Per-stage averages of the loss terms a subclass records with `record_terms`.
 - DDP (torchrun): modules wrapped so that they still answer their own attributes.
 
@@ -29,6 +31,8 @@ import numpy as np
 import speechbrain as sb
 import torch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+
+from speechbrain_cald.param_groups import scaled_groups
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +190,8 @@ class ResumableBrain(sb.core.Brain):
             self.zero_grad(set_to_none=True)
             return
         if hasattr(self.hparams, "lr_scheduler"):
-            self.hparams.lr_scheduler(self.optimizer)
+            with scaled_groups(self.optimizer):
+                self.hparams.lr_scheduler(self.optimizer)
         super().optimizers_step()
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):

@@ -5,6 +5,9 @@
   held for the last 10k of 90k steps).
 - `WarmupCosineLRSchedule` (LM, ref): linear warm-up, cosine decay to lr * final_ratio.
 - GLUE uses SpeechBrain's `LinearWarmupScheduler` (linear warm-up and decay to 0, ref).
+
+Each sets one LR for every parameter group; `param_groups.scaled_groups` gives groups
+with an `lr_scale` their multiple of it.
 """
 
 import logging

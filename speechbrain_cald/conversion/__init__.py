@@ -24,7 +24,11 @@ one `SourceFamily` subclass plus `register_family(...)`; nothing else changes
 
 from speechbrain_cald.conversion import families, mixers  # noqa: F401  (registrations)
 from speechbrain_cald.conversion.config import ConversionReport, StudentConfig
-from speechbrain_cald.conversion.convert import build_student_from_config, convert_to_student
+from speechbrain_cald.conversion.convert import (
+    build_student_from_config,
+    convert_to_student,
+    student_slots,
+)
 from speechbrain_cald.conversion.io import from_pretrained, load_student
 from speechbrain_cald.conversion.registry import (
     FAMILIES,
@@ -52,4 +56,5 @@ __all__ = [
     "load_student",
     "register_family",
     "register_mixer",
+    "student_slots",
 ]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from speechbrain_cald.conversion.registry import MIXERS
 
 INITS = ("random", "attention")
+POSITIONS = ("keep", "drop")
 
 
 @dataclass
@@ -25,11 +26,17 @@ class StudentConfig:
             V -> x, K -> B, Q -> C, O -> out_proj, shape-exact with ngroups = heads,
             d_state = headdim = head size). Linformer always keeps the teacher's Q/K/V,
             whatever `init` says.
+        positions: "keep" the source model's absolute position embeddings, or "drop"
+            them (families that add them before the first layer, e.g. Whisper's
+            encoder): a recurrent mixer carries order itself, and positions it never
+            saw in training (inputs longer than the training utterances) are an input
+            shift it cannot have learned.
     """
 
     mixer: str = "auto"
     mixer_config: dict = field(default_factory=dict)
     init: str = "random"
+    positions: str = "keep"
 
     def __post_init__(self):
         if self.mixer != "auto" and self.mixer not in MIXERS:
@@ -37,6 +44,10 @@ class StudentConfig:
             raise ValueError(f"StudentConfig.mixer must be one of {choices}, got {self.mixer!r}")
         if self.init not in INITS:
             raise ValueError(f"StudentConfig.init must be one of {INITS}, got {self.init!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(
+                f"StudentConfig.positions must be one of {POSITIONS}, got {self.positions!r}"
+            )
 
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists, as they would through config.json)."""

@@ -32,6 +32,11 @@ def resolve(model: PreTrainedModel, config: StudentConfig) -> tuple[SourceFamily
             f"mixer {name!r} does not fit a {family.name} model; use one of {family.mixers}"
         )
     spec = MIXERS[name]
+    if config.positions == "drop" and not family.absolute_positions:
+        raise ValueError(
+            f"positions 'drop': a {family.name} model adds no absolute positions a student "
+            "could drop (keep them: positions 'keep')"
+        )
     if config.init == "attention" and spec.init_from_attention is None:
         with_init = [m for m in family.mixers if MIXERS[m].init_from_attention] or "none"
         raise ValueError(
@@ -69,6 +74,15 @@ def _replace_slots(model, family: SourceFamily, spec: MixerSpec, overrides: dict
         slot = slot.to(device=weight.device, dtype=weight.dtype).train(attention.training)
         setattr(parent, name, slot)
     return lobe_config, from_attention
+
+
+def student_slots(model: nn.Module) -> list[nn.Module]:
+    """The modules a conversion put in the attention slots of `model`, layer by layer
+    (empty for a model that is not a CALD student)."""
+    if not getattr(model.config, "cald_student", None):
+        return []
+    family = detect_family(model)
+    return [getattr(*_slot_parent(layer, family.slot_attribute)) for layer in family.layers(model)]
 
 
 def _declare_shared_parameters(model: nn.Module, slots: list[nn.Module]) -> None:
@@ -114,12 +128,12 @@ def _convert_in_place(model: PreTrainedModel, config: StudentConfig) -> Conversi
         mixer=spec.name,
         mixer_config=spec.stored_fields(lobe_config, model.config),
         init=config.init,
+        positions=config.positions,
     )
     model.config.cald_student = stored.to_dict()
     model.config.architectures = [type(model).__name__]  # what rebuilding instantiates
     family.after_conversion(model)
-    slots = [getattr(*_slot_parent(layer, family.slot_attribute)) for layer in family.layers(model)]
-    _declare_shared_parameters(model, slots)
+    _declare_shared_parameters(model, student_slots(model))
 
     student_names = list(_named_tensors(model))
     student_set, teacher_set = set(student_names), set(teacher_names)

@@ -146,12 +146,16 @@ class SourceFamily:
     name: the family's name in reports; description: the models it covers. mixers:
     the mixers it accepts, the first being what "auto" picks. slot_attribute: the
     (dotted) attribute of each layer that holds the attention module.
+    absolute_positions: whether its models add absolute position embeddings that a
+    student may drop (StudentConfig positions "drop"); the model reads that choice
+    from its config's `cald_student`.
     """
 
     name: str = ""
     description: str = ""  # the models it covers, for error messages
     mixers: tuple[str, ...] = ()
     slot_attribute: str = "attention"
+    absolute_positions: bool = False
 
     def matches(self, model) -> bool:
         """Whether `model` (an HF PreTrainedModel) belongs to this family."""

@@ -7,6 +7,7 @@ import speechbrain as sb
 import torch
 
 from speechbrain_cald.guidance.base import Guidance
+from speechbrain_cald.param_groups import parameter_groups, scaled_groups
 
 
 def _scheduler_state(scheduler):
@@ -41,10 +42,12 @@ class Trajectory(Guidance):
     and takes one step on the task loss every `update_every` student optimizer steps,
     with its gradients accumulated over that step's whole accumulation window (each
     micro-batch's loss / the accumulation factor, as the reference) and clipped to
-    `max_grad_norm` (None: no clipping). The student distils from the teacher's
-    detached outputs *before* the update: with `teacher_train_mode` (the reference)
-    the forward pass of the update window serves both; otherwise the student reads a
-    separate eval-mode pass. Optimizer, schedule and counters are checkpointed.
+    `max_grad_norm` (None: no clipping); `lr_groups` ({role: lr}, with the schedule's
+    `lr`) gives its parameter roles their own LRs as a std run's (`param_groups`). The
+    student distils from the teacher's detached outputs *before* the update: with
+    `teacher_train_mode` (the reference) the forward pass of the update window serves
+    both; otherwise the student reads a separate eval-mode pass. Optimizer, schedule
+    and counters are checkpointed.
     """
 
     def __init__(
@@ -57,6 +60,8 @@ class Trajectory(Guidance):
         teacher_train_mode=False,
         lr_scheduler=None,
         max_grad_norm=None,
+        lr=None,
+        lr_groups=None,
     ):
         super().__init__(pretrained, student_config, weights, teacher_train_mode)
         if int(update_every) < 1:
@@ -67,6 +72,7 @@ class Trajectory(Guidance):
         self.update_every = int(update_every)
         self.lr_scheduler = lr_scheduler
         self.max_grad_norm = max_grad_norm
+        self.lr, self.lr_groups = lr, lr_groups
         self.updates = 0
 
     def init_student(self, task):
@@ -74,7 +80,11 @@ class Trajectory(Guidance):
         model, heads = task.load(self.start)
         self.model, self.heads = copy.deepcopy(model), copy.deepcopy(heads)
         self.model.train(self.teacher_train_mode)
-        self.optimizer = self.opt_class(list(self._parameters()))
+        if self.lr_groups:
+            groups = parameter_groups(self.model, self.heads, self.lr, self.lr_groups)
+            self.optimizer = self.opt_class(groups)
+        else:
+            self.optimizer = self.opt_class(list(self._parameters()))
         return self._convert(model), heads
 
     def _parameters(self):
@@ -114,7 +124,8 @@ class Trajectory(Guidance):
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(list(self._parameters()), self.max_grad_norm)
         if self.lr_scheduler is not None:
-            self.lr_scheduler(self.optimizer)
+            with scaled_groups(self.optimizer):
+                self.lr_scheduler(self.optimizer)
         self.optimizer.step()
         self.on_step_skipped()
         self.updates += 1

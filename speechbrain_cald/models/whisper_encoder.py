@@ -9,8 +9,9 @@ batches included:
   padding 0, with a mel-frame mask;
 - conv1 -> GELU -> (padding zeroed) -> conv2 -> GELU: a padded utterance gives the
   frames it gives alone (conv2 reads one frame past the end: zero, as alone);
-- positions: the first T rows of the sinusoidal table; past its 1500 rows (30 s) the
-  same sinusoids continue (`sinusoids`), so teacher and student accept any length;
+- positions: the first T rows of the sinusoidal table, fixed as in Whisper; past its
+  1500 rows (30 s) the same sinusoids continue (`sinusoids`), so teacher and student
+  accept any length (a student converted with positions "drop" adds none);
 - the encoder layers get a key-padding mask; the final LayerNorm as in Whisper.
 
 `CALDWhisperEncoderConfig` (model_type "whisper_encoder") is a WhisperConfig;
@@ -94,6 +95,12 @@ class WhisperEncoderModel(WhisperPreTrainedModel):
         self.encoder = WhisperEncoder(config)
         self.post_init()
 
+    @property
+    def base_model(self):
+        """The encoder, as HF's `base_model` of a model with a head: what a task head
+        (`lm_head`) sits on (`param_groups` tells heads from the body by it)."""
+        return self.encoder
+
     def freeze_feature_encoder(self):
         """Freeze the convolutional front end (conv1, conv2), as wav2vec2's CNN (ref)."""
         for conv in (self.encoder.conv1, self.encoder.conv2):
@@ -105,9 +112,25 @@ class WhisperEncoderModel(WhisperPreTrainedModel):
         mel = torch.div(input_lengths, HOP, rounding_mode="floor")
         return torch.div(mel - 1, 2, rounding_mode="floor") + 1
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """HF's `from_pretrained`, the position table kept frozen: transformers' loading
+        makes every loaded tensor trainable again, and Whisper's positions are fixed."""
+        model = super().from_pretrained(*args, **kwargs)
+        model.encoder.embed_positions.requires_grad_(False)
+        return model
+
+    @property
+    def adds_positions(self):
+        """False for a CALD student converted with positions "drop" (its config's
+        `cald_student`): its input gets no absolute positions."""
+        student = getattr(self.config, "cald_student", None) or {}
+        return student.get("positions", "keep") != "drop"
+
     def positions(self, time, device):
-        """The first `time` rows of the position table, the sinusoids continued past it."""
-        table = self.encoder.embed_positions.weight
+        """The first `time` rows of the position table, the sinusoids continued past it
+        (fixed, as in Whisper: no gradient reaches the table)."""
+        table = self.encoder.embed_positions.weight.detach()
         if time <= table.shape[0]:
             return table[:time]
         extra = sinusoids(time, table.shape[1])[table.shape[0] :].to(device, table.dtype)
@@ -124,7 +147,8 @@ class WhisperEncoderModel(WhisperPreTrainedModel):
         hidden = hidden * counts_to_mask(n_mel, mel_frames).unsqueeze(1).to(hidden.dtype)
         hidden = nn.functional.gelu(enc.conv2(hidden)).transpose(1, 2)
         valid = counts_to_mask(torch.div(n_mel - 1, 2, rounding_mode="floor") + 1, hidden.shape[1])
-        hidden = hidden + self.positions(hidden.shape[1], hidden.device)
+        if self.adds_positions:
+            hidden = hidden + self.positions(hidden.shape[1], hidden.device)
         hidden = nn.functional.dropout(hidden, p=enc.dropout, training=self.training)
         # additive key-padding mask (batch, 1, 1, frames): eager and sdpa read it alike
         key_mask = torch.zeros(valid.shape, dtype=hidden.dtype, device=hidden.device)

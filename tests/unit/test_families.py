@@ -192,3 +192,30 @@ def test_whisper_encoder_equals_hf_on_a_full_window():
     for a, b in zip(ours, hf.hidden_states):
         assert_close(a, b)
     assert_close(ours[-1], hf.last_hidden_state)
+
+
+def test_whisper_student_without_positions(tmp_path):
+    """positions "drop": the student's first hidden state is the teacher's minus the
+    position table; padded == alone; the choice survives save / load; a family with no
+    absolute positions refuses it."""
+    teacher = hf_ctc("whisper")
+    kept = conversion.convert_to_student(teacher, MIXER)[0].eval()
+    dropped, report = conversion.convert_to_student(teacher, {**MIXER, "positions": "drop"})
+    dropped.eval()
+    assert "sinusoidal positions dropped (the student adds none)" in report.notes
+    wav = torch.randn(4000)
+    batch = PaddedBatch([{"id": "a", "sig": wav}])
+    with torch.no_grad():
+        first = [CTCASR(VOCAB).forward(m, batch, sb.Stage.TEST) for m in (kept, dropped)]
+    first = [out.hidden_states[0] for out in first]
+    table = teacher.encoder.embed_positions.weight[: first[0].shape[1]]
+    assert_close(first[0] - first[1], table.expand_as(first[0]))
+    short, long = torch.randn(3001) * 0.2, torch.randn(5003)
+    alone = outputs(dropped, [short])[0]
+    assert_close(outputs(dropped, [short, long])[0], alone)
+    dropped.save_pretrained(tmp_path / "hf")
+    reloaded = conversion.from_pretrained(tmp_path / "hf").eval()
+    assert not reloaded.adds_positions
+    assert_close(outputs(reloaded, [short])[0], alone)
+    with pytest.raises(ValueError, match="positions 'drop'"):
+        conversion.convert_to_student(hf_ctc("hubert"), {**MIXER, "positions": "drop"})
