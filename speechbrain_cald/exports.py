@@ -4,6 +4,7 @@ description they return (`InferenceExport`) and the helpers they share."""
 import os
 from dataclasses import dataclass, field
 
+import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
 
 from speechbrain_cald import hyperyaml
@@ -29,6 +30,16 @@ class InferenceExport:
     modules: tuple = ()
 
 
+UNUSED_LABEL = "<unused_{}>"
+
+
+def padding_slots(encoder):
+    """(size,) bool: True at the outputs `padded_label_encoder` named ``<unused_i>``
+    (no training label): an interface never predicts or lists them."""
+    unused = {UNUSED_LABEL.format(i) for i in range(len(encoder))}
+    return torch.tensor([encoder.ind2lab[i] in unused for i in range(len(encoder))])
+
+
 def padded_label_encoder(labels, size):
     """A new CategoricalEncoder of exactly `size` labels from a CategoricalEncoder or
     a list of labels (index = position).
@@ -43,7 +54,7 @@ def padded_label_encoder(labels, size):
     if len(labels) > size:
         raise ValueError(f"{len(labels)} labels for a head with {size} outputs")
     encoder = CategoricalEncoder()
-    for label in labels + [f"<unused_{i}>" for i in range(len(labels), size)]:
+    for label in labels + [UNUSED_LABEL.format(i) for i in range(len(labels), size)]:
         encoder.add_label(label)
     return encoder
 

@@ -34,6 +34,7 @@ from speechbrain.inference.interfaces import Pretrained
 
 from speechbrain_cald import conversion, hyperyaml
 from speechbrain_cald.audio import SILENCE_PEAK, read_audio
+from speechbrain_cald.exports import padding_slots
 from speechbrain_cald.feature_encoder import CHUNK_FRAMES
 from speechbrain_cald.masks import lengths_to_mask, masked_mean
 from speechbrain_cald.models import model_class
@@ -50,6 +51,13 @@ def _hf_model_from_config(config_dict):
     if getattr(config, "cald_student", None):
         return conversion.build_student_from_config(config)
     return model_class(config.architectures[0])(config)
+
+
+def without_padding_slots(logits, encoder):
+    """Log-probabilities over the labels of `encoder` only: the padding outputs of a
+    head sized beyond its training labels (`exports.padding_slots`) get probability 0."""
+    slots = padding_slots(encoder).to(logits.device)
+    return logits.float().masked_fill(slots, float("-inf")).log_softmax(-1)
 
 
 class SpeechEncoder(torch.nn.Module):
@@ -181,7 +189,8 @@ class SpeechClassifier(CheckedAudioMixin, Pretrained):
         """(log-probs, best score, best index, text labels) for `head` (default: first)."""
         head = head or next(iter(self.hparams.label_encoders))
         with torch.no_grad():
-            log_probs = self.mods.heads[head](self.encode_batch(wavs, wav_lens)).log_softmax(-1)
+            logits = self.mods.heads[head](self.encode_batch(wavs, wav_lens))
+        log_probs = without_padding_slots(logits, self.hparams.label_encoders[head])
         score, index = log_probs.max(dim=-1)
         return log_probs, score, index, self.hparams.label_encoders[head].decode_torch(index)
 
@@ -192,9 +201,12 @@ class SpeechClassifier(CheckedAudioMixin, Pretrained):
     def top_k(self, wavs, wav_lens=None, head=None, k=3):
         """The `k` most probable labels of `head` for each utterance, with their
         probabilities: [[(label, probability), ...], ...] (best first)."""
+        if int(k) < 1:
+            raise ValueError(f"top_k: k must be >= 1, got {k}")
         log_probs = self.classify_batch(wavs, wav_lens, head)[0]
-        probs, indices = log_probs.exp().topk(min(k, log_probs.shape[-1]), dim=-1)
         encoder = self.hparams.label_encoders[head or next(iter(self.hparams.label_encoders))]
+        labels = int((~padding_slots(encoder)).sum())
+        probs, indices = log_probs.exp().topk(min(k, labels), dim=-1)
         return [
             [(encoder.ind2lab[int(i)], float(p)) for p, i in zip(row_p, row_i)]
             for row_p, row_i in zip(probs, indices)
@@ -228,7 +240,8 @@ class TextClassifier(CheckedSavedirMixin, Pretrained):
         """One string or a list of strings."""
         ids, lens = self.hparams.tokenizer.encode([texts] if isinstance(texts, str) else texts)
         with torch.no_grad():
-            log_probs = self.mods.model(ids.to(self.device), lens.to(self.device)).log_softmax(-1)
+            logits = self.mods.model(ids.to(self.device), lens.to(self.device))
+        log_probs = without_padding_slots(logits, self.hparams.label_encoder)
         score, index = log_probs.max(dim=-1)
         return log_probs, score, index, self.hparams.label_encoder.decode_torch(index)
 

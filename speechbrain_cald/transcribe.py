@@ -58,6 +58,8 @@ def main(argv=None):
         help="classifier folders: print the K most probable labels per head (default 1)",
     )
     args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.exit(2, f"error: --top-k {args.top_k}: must be >= 1\n")
     try:
         interface = inference.load_inference_folder(args.folder, args.savedir, args.device)
     except ValueError as err:

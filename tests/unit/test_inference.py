@@ -307,3 +307,25 @@ def test_head_outputs_beyond_the_training_labels_decode_as_unused(tmp_path):
     )
     decoded = clf.hparams.label_encoders["speaker"].decode_ndim([0, 1, 2, 3])
     assert decoded == ["a", "b", "<unused_2>", "<unused_3>"]
+    # the padding outputs are never predicted nor listed, even when they score highest
+    with torch.no_grad():
+        clf.mods.heads["speaker"].bias.copy_(torch.tensor([0.0, 0.0, 50.0, 50.0]))
+    wavs = torch.randn(3, 16000)
+    log_probs, _, index, labels = clf.classify_batch(wavs)
+    assert set(labels) <= {"a", "b"} and index.max() <= 1
+    assert torch.isinf(log_probs[:, 2:]).all() and torch.allclose(
+        log_probs.exp().sum(-1), torch.ones(3)
+    )
+    assert [len(row) for row in clf.top_k(wavs, k=4)] == [2, 2, 2]
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        clf.top_k(wavs, k=0)
+
+
+@pytest.mark.parametrize("k", ["0", "-2"])
+def test_cli_top_k_below_one_is_one_line_and_status_2(tmp_path, asr_folder, capsys, k):
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, np.random.default_rng(0).normal(0, 0.1, 16000), 16000)
+    with pytest.raises(SystemExit) as exit_info:
+        transcribe.main([str(asr_folder), str(wav), "--top-k", k])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: --top-k {k}: must be >= 1\n"
