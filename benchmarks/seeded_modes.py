@@ -19,7 +19,8 @@ from speechbrain_cald.workflow import commands
 
 
 def run_modes(recipe, script, hparams, root, common, seeds, modes, switch, metrics, label):
-    """Every mode in `modes` for every seed (std first: the teacher and the waypoints).
+    """Every mode in `modes` for every seed, mode by mode (std first: the teachers and
+    the waypoints).
 
     recipe: the recipe folder (working directory of each run); root: its --output_root;
     common: overrides for every run (data, source, --output_root ...); switch: the hybrid
@@ -27,9 +28,10 @@ def run_modes(recipe, script, hparams, root, common, seeds, modes, switch, metri
     Returns {mode: {seed: {metric: value, "seconds": wall seconds of the run}}}.
     """
     results = {}
-    for seed in seeds:
-        runs = commands(hparams, [*common, "--seed", str(seed)], switch, modes, script=script)
-        for mode, cmd in zip(modes, runs):
+    for mode in modes:  # mode-major: an interrupted benchmark has every seed of the first modes
+        for seed in seeds:
+            overrides = [*common, "--seed", str(seed)]
+            (cmd,) = commands(hparams, overrides, switch, [mode], script=script)
             folder = os.path.join(root, mode, str(seed))
             metrics_file = os.path.join(folder, "test_metrics.json")
             timing_file = os.path.join(folder, "bench_seconds.json")

@@ -158,7 +158,8 @@ def train_batch_sampler(train_set, hparams):
 
 
 def run(hparams, run_opts, datasets):
-    """Build the CALDBrain, fit, test the best checkpoint, write metrics, export.
+    """Build the CALDBrain, fit, test the best checkpoint (or the last,
+    `test_checkpoint`), write metrics, export.
 
     Writes `<output_folder>/test_metrics.json` (test stats and the step reached),
     `<output_folder>/test_<metric>.txt` (per-utterance details, e.g. the WER file),
@@ -188,8 +189,9 @@ def run(hparams, run_opts, datasets):
         },
         valid_loader_kwargs=eval_kwargs,
     )
-    best = {name[:-1]: keys[0] for name, keys in brain.ckpt_keys().items()}  # max_key=...
-    brain.evaluate(datasets["test"], test_loader_kwargs=eval_kwargs, **best)
+    brain.evaluate(
+        datasets["test"], test_loader_kwargs=eval_kwargs, **tested_checkpoint(brain, hparams)
+    )
     stats = {**brain.last_stage_stats, "step": brain.optimizer_step}
     write_test_files(brain, hparams["output_folder"], stats)
     brain.export(hparams["export_folder"])
@@ -198,6 +200,21 @@ def run(hparams, run_opts, datasets):
         torch.distributed.barrier()  # torchrun: every process done, then leave cleanly
         torch.distributed.destroy_process_group()
     return stats
+
+
+TEST_CHECKPOINTS = ("best", "last")
+
+
+def tested_checkpoint(brain, hparams):
+    """`Brain.evaluate`'s keyword for the checkpoint to test and export
+    (`test_checkpoint`): "best" (default): the best on dev by the recipe's key;
+    "last": the newest, the end of an annealed schedule (no key)."""
+    which = hparams.get("test_checkpoint", "best")
+    if which not in TEST_CHECKPOINTS:
+        raise ValueError(f"test_checkpoint: {which!r}, not one of {TEST_CHECKPOINTS}")
+    if which == "last":
+        return {}
+    return {name[:-1]: keys[0] for name, keys in brain.ckpt_keys().items()}  # max_key=...
 
 
 @sb.utils.distributed.main_process_only

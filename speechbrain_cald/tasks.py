@@ -208,7 +208,7 @@ class CTCASR(SpeechTask):
         return [[w for w in hyp if w] for hyp in hyps]
 
     def metrics(self):
-        return {"WER": ErrorRateStats(), "CER": ErrorRateStats(split_tokens=True)}
+        return asr_error_stats()
 
     def update_metrics(self, metrics, outputs, batch):
         hyps = self.decode(outputs)
@@ -236,6 +236,12 @@ class CTCASR(SpeechTask):
             },
             loadables={"tokenizer": "tokenizer"},
         )
+
+
+def asr_error_stats():
+    """{"WER": word, "CER": character error stats} as SpeechBrain's ASR recipes keep
+    them (CER over each word's characters: word boundaries are not characters)."""
+    return {"WER": ErrorRateStats(), "CER": ErrorRateStats(split_tokens=True)}
 
 
 class UtteranceClassification(SpeechTask):

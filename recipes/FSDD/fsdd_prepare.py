@@ -19,9 +19,11 @@ Splits are by recording index, the same for every digit and speaker:
   speaker keeps the same number of recordings of every digit).
 
 `prepare_fsdd_digit_strings` builds an ASR corpus from the same splits: each
-utterance concatenates 3-7 recordings of one speaker (all from that split's indices)
-with short random silent gaps, its transcript the digit words ("three one four").
-The generator has a fixed seed, so the corpus is the same on every machine.
+utterance concatenates `digits` (default 3-5) recordings of one speaker, all from
+that split's indices, with random silent gaps of up to `max_gap` (default 0.2 s),
+its transcript the digit words ("three one four"). The generator has a fixed seed
+and reads the recordings in a fixed order, so the corpus is the same on every
+machine that holds the same files.
 
 Example
 -------
@@ -183,10 +185,11 @@ def split_rows(data_folder, heldout_indices):
     }
 
 
-def digit_strings(rows, count, out_dir, split, rng, digits=(3, 7), max_gap=0.25, sample_rate=8000):
-    """`count` utterances of 3-7 recordings of one speaker (speakers in turn), joined by
-    silent gaps of 0-`max_gap` s, written to `out_dir`; returns their manifest rows
-    (`ID,duration,wav,wrd,speaker`)."""
+def digit_strings(rows, count, out_dir, split, rng, digits=(3, 5), max_gap=0.2, sample_rate=8000):
+    """`count` utterances of `digits[0]`-`digits[1]` recordings of one speaker (speakers
+    in turn), joined by silent gaps of 0-`max_gap` s, written to `out_dir`; returns
+    their manifest rows (`ID,duration,wav,wrd,speaker,recordings`: the IDs of the
+    recordings joined)."""
     by_speaker = defaultdict(list)
     for row in rows:
         by_speaker[row["speaker"]].append(row)
@@ -217,6 +220,7 @@ def digit_strings(rows, count, out_dir, split, rng, digits=(3, 7), max_gap=0.25,
                 "wav": wav,
                 "wrd": words,
                 "speaker": speaker,
+                "recordings": " ".join(clip["ID"] for clip in clips),
             }
         )
     return manifest
@@ -229,13 +233,13 @@ def prepare_fsdd_digit_strings(
     sample_rate=16000,
     heldout_indices=5,
     utterances=(600, 60, 120),
-    digits=(3, 7),
-    max_gap=0.25,
+    digits=(3, 5),
+    max_gap=0.2,
     seed=0,
 ):
     """Prepare an FSDD digit-string ASR corpus (see the module doc) in `save_folder`:
     the wavs in `<save_folder>/digit_strings/<split>/` and `train.csv`, `dev.csv`,
-    `test.csv` (`ID,duration,wav,wrd,speaker`); `utterances` = (train, dev, test)
+    `test.csv` (`ID,duration,wav,wrd,speaker,recordings`); `utterances` = (train, dev, test)
     counts; `sample_rate` is recorded only (the audio pipeline resamples).
     Returns `{split: manifest path}`."""
     data_folder = os.path.abspath(data_folder)

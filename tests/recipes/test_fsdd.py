@@ -65,6 +65,33 @@ def test_carved_splits_when_official_test_absent(tmp_path):
         assert ids == [f"0_{speaker}_9", f"1_{speaker}_9", f"0_{speaker}_10"]
 
 
+@pytest.mark.parametrize("indices", [range(0, 12), range(5, 14)])
+def test_digit_strings_keep_the_splits_apart_and_are_the_same_everywhere(tmp_path, indices):
+    """Each digit string is made of recordings of its own split only (test: the
+    official 0-4 when present), and two preparations (other folders, same files) give
+    the same transcripts, sources and audio."""
+    data = make_layout(tmp_path / "fsdd", indices)
+    prepared = []
+    for name in ("a", "b"):
+        manifests = fsdd_prepare.prepare_fsdd_digit_strings(
+            data, tmp_path / name, heldout_indices=2, utterances=(6, 4, 4), digits=(2, 3)
+        )
+        prepared.append({split: read_csv_manifest(path) for split, path in manifests.items()})
+    official = indices.start == 0
+    expected = {
+        "test": {0, 1, 2, 3, 4} if official else {5, 6},
+        "dev": {5, 6} if official else {7, 8},
+    }
+    expected["train"] = set(indices) - expected["test"] - expected["dev"]
+    for split, rows in prepared[0].items():
+        used = {int(rec.rsplit("_", 1)[1]) for row in rows for rec in row["recordings"].split()}
+        assert used <= expected[split], split
+    for split in expected:
+        for a, b in zip(prepared[0][split], prepared[1][split]):
+            assert (a["ID"], a["wrd"], a["recordings"]) == (b["ID"], b["wrd"], b["recordings"])
+            assert np.array_equal(sf.read(a["wav"])[0], sf.read(b["wav"])[0])
+
+
 def test_split_errors(tmp_path):
     """Too few indices for test + dev + train, and a badly named file, are errors."""
     with pytest.raises(ValueError, match="no training index"):

@@ -3,6 +3,8 @@ run as their README says, on part of the shipped FSDD subset with a tiny random
 Whisper folder in place of tiny.en: speaker ID through the whole workflow (every
 mode), digit-string CTC ASR std then target; each run tested and exported."""
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -28,12 +30,54 @@ def whisper_and_data(tmp_path_factory):
     return tiny_whisper_folder(root / "whisper"), shipped_fsdd_part(root / "data")
 
 
-def run(args, tmp_path):
+def run(args, tmp_path, status=0):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
     result = subprocess.run(
         [sys.executable, *args], cwd=RECIPE, env=env, capture_output=True, text=True
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == status, result.stderr[-3000:]
+    return result
+
+
+def file_hashes(folder):
+    """{relative path: sha256} of every file under `folder`."""
+    hashes = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                hashes[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return hashes
+
+
+def evaluate_again(tmp_path, mode, metric_names):
+    """`speechbrain_cald.evaluate` of a finished run on its own test manifest under a new
+    name: the run's test metrics again, every file of the run unchanged, the same name
+    refused a second time (one line, status 2)."""
+    run_folder = tmp_path / mode / "1986"
+    before = file_hashes(tmp_path)
+    command = ["-m", "speechbrain_cald.evaluate", str(run_folder)]
+    command += [str(tmp_path / "manifests" / "test.csv"), "--name", "again"]
+    run(command, tmp_path)
+    results = run_folder / "evaluations" / "again"
+    after = {
+        k: v
+        for k, v in file_hashes(tmp_path).items()
+        if not k.startswith(f"{mode}/1986/evaluations/")
+    }
+    assert after == before
+    with open(results / "metrics.json", encoding="utf-8") as f:
+        metrics = json.load(f)
+    expected = run_metrics(tmp_path, mode)
+    for name in metric_names:
+        assert metrics[name] == pytest.approx(expected[name], abs=1e-6), name
+    refused = run(command, tmp_path, status=2)
+    assert refused.stderr.count("\n") == 1 and "exists" in refused.stderr
+    assert {
+        k: v
+        for k, v in file_hashes(tmp_path).items()
+        if not k.startswith(f"{mode}/1986/evaluations/")
+    } == before
 
 
 def test_speaker_id_workflow(whisper_and_data, tmp_path):
@@ -50,6 +94,7 @@ def test_speaker_id_workflow(whisper_and_data, tmp_path):
         metrics = run_metrics(tmp_path, mode)
         assert 0 <= metrics["acc"] <= 1, (mode, metrics)
         assert os.path.isfile(tmp_path / mode / "1986" / "inference" / "hyperparams.yaml")
+    evaluate_again(tmp_path, "target", ["acc", "speaker_acc"])
 
 
 def test_digit_string_asr(whisper_and_data, tmp_path):
@@ -61,4 +106,6 @@ def test_digit_string_asr(whisper_and_data, tmp_path):
         run(["train_asr.py", "hparams/whisper_asr.yaml", "--mode", mode, *overrides], tmp_path)
         metrics = run_metrics(tmp_path, mode)
         assert metrics["WER"] >= 0 and metrics["CER"] >= 0, (mode, metrics)
+        assert metrics["step"] == 4  # test_checkpoint: last (the YAML's), not the best on dev
     assert (tmp_path / "std" / "1986" / "inference" / "hyperparams.yaml").is_file()
+    evaluate_again(tmp_path, "target", ["WER", "CER"])
