@@ -101,7 +101,12 @@ def test_tedlium_manifests(fixtures, tmp_path):
 
 def test_normalize_text_follows_tedlium_recipes():
     words = "it 's a {NOISE} the(2) <unk> Hello-World don 't [laughter] (AlGore_2009)".split()
-    assert ted.normalize_text(words) == "it's a the hello world don't"
+    assert ted.normalize_text(words) == ("it's a the hello world don't", "")
+
+
+def test_normalize_text_transliterates_and_reports_what_it_drops():
+    words = "Café NAÏVE Straße œuvre 東京 don't".split()
+    assert ted.normalize_text(words) == ("cafe naive strasse oeuvre don't", "東京")
 
 
 def test_tedlium_resamples_talks_to_16k(corpus, tmp_path):
@@ -350,3 +355,32 @@ def test_espeak_fixture_prepares(tmp_path):
     assert _meta(tmp_path / "VoxCeleb1")["synth"] == "espeak"
     paths = vox.prepare_voxceleb1(str(tmp_path / "VoxCeleb1"), str(tmp_path / "out"))
     assert all(float(r["duration"]) > 0.5 for r in read_csv_manifest(paths["train"]))
+
+
+def test_tedlium_segments_past_the_audio_or_without_words_are_counted_skips(
+    corpus, tmp_path, caplog
+):
+    """A talk cut short (an STM segment past its audio's end) and a segment left with no
+    words are not used, each named in the log with the file and line."""
+    root = corpus("tedlium")
+    (stm,) = (root / "legacy" / "dev" / "stm").glob("*.stm")
+    (sph,) = (root / "legacy" / "dev" / "sph").glob("*.sph")
+    signal, sr = sf.read(sph)
+    lines = stm.read_text().splitlines()
+    scored = [
+        i
+        for i, line in enumerate(lines)
+        if not line.startswith(";;") and ted.IGNORE not in line and "inter_segment_gap" not in line
+    ]
+    last = lines[scored[-1]].split()
+    cut = (float(last[3]) + float(last[4])) / 2  # the last segment now ends past the audio
+    sf.write(sph, signal[: int(cut * sr)], sr, format="NIST", subtype="PCM_16")
+    first = lines[scored[0]].split()
+    lines[scored[0]] = " ".join([*first[:6], "東京", "..."])
+    stm.write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING"):
+        rows = read_csv_manifest(ted.prepare_tedlium(str(root), str(tmp_path / "ted"))["dev"])
+    assert len(rows) == len(scored) - 2
+    assert f"{stm} line {scored[-1] + 1}: segment" in caplog.text and "past the end" in caplog.text
+    assert "letters '東京' dropped" in caplog.text
+    assert "1 segment(s) with no words left after normalisation and 1 past the end" in caplog.text

@@ -20,6 +20,7 @@ Example
 import logging
 import os
 import re
+import unicodedata
 
 from speechbrain_cald.dataprep import (
     DataPrepError,
@@ -34,6 +35,7 @@ from speechbrain_cald.dataprep import (
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
+END_TOLERANCE = 0.05  # s an STM segment may end past its talk's audio; later: bad data (skipped)
 IGNORE = "ignore_time_segment_in_scoring"
 LAYOUT = """  <data_folder>/legacy/{train,dev,test}/sph/<talk>.sph
   <data_folder>/legacy/{train,dev,test}/stm/<talk>.stm"""
@@ -43,17 +45,30 @@ DEFAULT_EXCLUDE = ("JillSobuleMANHATTANINJANUARY_2006",)
 _VARIANT = re.compile(r"\(\d+\)")  # pronunciation variants: "the(2)"
 _MARKUP = re.compile(r"^[<{\[(].*[>}\])]$")  # <unk>, {NOISE}, [laughter], <sil>, (talk_id)
 _NOT_ALLOWED = re.compile(r"[^a-z']")
+_LIGATURES = str.maketrans({"ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "đ": "d", "ł": "l"})
+
+
+def transliterate(text):
+    """Latin letters with diacritics as their base letters ("café" -> "cafe",
+    "naïve" -> "naive"; "ß" -> "ss", "æ" -> "ae", "œ" -> "oe", "ø" -> "o")."""
+    text = text.translate(_LIGATURES)
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
 def normalize_text(words):
-    """Normalise STM words: lower-case; drop markup tokens (`<unk>`, `{NOISE}`, `(2)`,
-    ...); join split contractions (`it 's` -> `it's`, as the Kaldi/SpeechBrain
-    TED-LIUM recipes do); keep only a-z and apostrophes; single spaces.
+    """Normalise STM words: lower-case; letters with diacritics transliterated
+    (`transliterate`); drop markup tokens (`<unk>`, `{NOISE}`, `(2)`, ...); join split
+    contractions (`it 's` -> `it's`, as the Kaldi/SpeechBrain TED-LIUM recipes do);
+    keep only a-z and apostrophes; single spaces. Returns (text, letters that could
+    not be transliterated and were dropped, e.g. from another script).
     """
-    out = []
-    for token in _VARIANT.sub("", " ".join(words).lower()).replace("-", " ").split():
+    out, lost = [], ""
+    text = transliterate(_VARIANT.sub("", " ".join(words).lower()))
+    for token in text.replace("-", " ").split():
         if _MARKUP.match(token):
             continue
+        lost += "".join(c for c in _NOT_ALLOWED.findall(token) if c.isalpha())
         token = _NOT_ALLOWED.sub("", token)
         if not token.strip("'"):
             continue
@@ -61,11 +76,12 @@ def normalize_text(words):
             out[-1] += token
         else:
             out.append(token)
-    return " ".join(out)
+    return " ".join(out), lost
 
 
 def parse_stm(path):
-    """Return the scored segments of an STM file as dicts (speaker, start, end, wrd).
+    """Return the scored segments of an STM file as dicts (speaker, start, end, wrd);
+    letters dropped by `normalize_text` are logged with the file and line.
 
     Raises `DataPrepError` naming the file and line for a malformed line.
     """
@@ -87,14 +103,13 @@ def parse_stm(path):
         words = fields[6:]
         if words[:1] == [IGNORE] or fields[2] == "inter_segment_gap":
             continue
+        text, lost = normalize_text(words)
+        if lost:
+            logger.warning(
+                "%s line %d: letters %r dropped (not a-z after transliteration)", path, number, lost
+            )
         segments.append(
-            {
-                "speaker": fields[2],
-                "start": start,
-                "end": end,
-                "wrd": normalize_text(words),
-                "line": number,
-            }
+            {"speaker": fields[2], "start": start, "end": end, "wrd": text, "line": number}
         )
     return segments
 
@@ -106,16 +121,20 @@ def _cut_talk(sph, stm, talk, out_dir, sample_rate, min_duration):
         return []
     signal, sr = read_audio(sph, sample_rate), sample_rate
     total = len(signal) / sr
-    rows = []
+    rows, empty, past_end = [], 0, 0
     for seg in segments:
-        if not seg["wrd"] or seg["end"] - seg["start"] < min_duration:
+        if seg["end"] > total + END_TOLERANCE:
+            past_end += 1
+            logger.warning(
+                "%s line %d: segment %s-%s s runs past the end of %s (%.2f s): not used",
+                stm, seg["line"], seg["start"], seg["end"], sph, total,
+            )  # fmt: skip
             continue
-        if seg["start"] >= total:
-            raise file_error(
-                stm,
-                f"segment starts at {seg['start']} s, after the end of {sph} ({total:.2f} s)",
-                seg["line"],
-            )
+        if not seg["wrd"]:
+            empty += 1
+            continue
+        if seg["end"] - seg["start"] < min_duration:
+            continue
         utt_id = f"{talk}-{round(seg['start'] * 100):07d}-{round(seg['end'] * 100):07d}"
         piece = signal[round(seg["start"] * sr) : round(seg["end"] * sr)]
         wav = os.path.join(out_dir, f"{utt_id}.wav")
@@ -130,6 +149,12 @@ def _cut_talk(sph, stm, talk, out_dir, sample_rate, min_duration):
                 "wrd": seg["wrd"],
             }
         )
+    if empty or past_end:
+        logger.warning(
+            "%s: %d segment(s) with no words left after normalisation and %d past the end "
+            "of the audio: not used",
+            stm, empty, past_end,
+        )  # fmt: skip
     return rows
 
 
