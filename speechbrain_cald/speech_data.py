@@ -124,6 +124,11 @@ def load_manifests(
         dataset = DynamicItemDataset(data, items, output_keys)
         if split == "train" and max_duration:
             dataset = dataset.filtered_sorted(key_max_value={"duration": max_duration})
+            if not len(dataset):
+                raise ValueError(
+                    f"{manifests[split]}: all {len(data)} usable training utterances are longer "
+                    f"than max_duration {max_duration} s; raise max_duration"
+                )
             if len(dataset) < len(data):
                 logger.info(
                     "%s: %d of %d training utterances are over max_duration %g s: not used",

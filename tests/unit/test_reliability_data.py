@@ -146,3 +146,13 @@ def test_recipe_datasets_skip_bad_rows_and_batch_cleanly(audio, tmp_path, caplog
 def test_recipe_datasets_error_on_an_unseen_label(audio, tmp_path):
     with pytest.raises(DataPrepError, match=r"dev.csv:3: row ID 'd2': label 'zz' in 'intent'"):
         recipe_datasets(audio, tmp_path, "error")
+
+
+def test_every_training_row_over_max_duration_is_a_named_error(audio, tmp_path):
+    """Before: an empty train split after the max_duration filter made dynamic batching
+    loop forever."""
+    rows = [("t1", [audio["good"], "hello", "a"]), ("t2", [audio["good2"], "hi", "b"])]
+    paths = {s: write_manifest(tmp_path / f"{s}.csv", rows) for s in ("train", "dev", "test")}
+    items = [speech_data.audio_pipeline(SR), speech_data.char_pipeline(VOCAB, "wrd")]
+    with pytest.raises(ValueError, match=re.escape(f"{paths['train']}: all 2 usable training")):
+        speech_data.load_manifests(paths, items, ["id", "sig"], max_duration=0.3)
