@@ -5,8 +5,9 @@
 A recipe's `train.py` names its corpus: a prepare function and a datasets function,
 and calls `main(prepare, make_datasets)`, which runs, in order:
 
-1. `setup_experiment`: the YAML (merged into its `base_hparams`, if any) with the
-   overrides, and the experiment folder;
+1. `load_experiment`: the YAML (merged into its `base_hparams`, if any) with the
+   overrides; then, holding the output folder's lock, `write_experiment`: the
+   experiment folder;
 2. `prepare(data_folder=..., save_folder=<manifest_folder>, skip_prep=...,
    **prepare_options)`: the corpus manifests (SpeechBrain's prepare convention; the
    YAML's `prepare_options` hold the corpus extras, e.g. `sample_rate`, a tokenizer);
@@ -282,15 +283,24 @@ def merge_base_hparams(hparams_file):
     return stream.getvalue()
 
 
-def setup_experiment(argv=None):
-    """Parse `train.py hparams.yaml [--key value ...]`, load the YAML (merged into its
-    base, see `merge_base_hparams`) with the overrides and create the experiment
-    folder; returns (hparams, run_opts)."""
+def load_experiment(argv=None):
+    """Parse `train.py hparams.yaml [--key value ...]` and load the YAML (merged into its
+    base, see `merge_base_hparams`) with the overrides; nothing is written. Returns
+    (hparams, run_opts, what `write_experiment` needs)."""
     hparams_file, run_opts, overrides = sb.parse_arguments(argv or sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)  # torchrun: one process per device
     merged = merge_base_hparams(hparams_file)
     with open(hparams_file, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f if merged is None else merged, overrides)
+    return hparams, run_opts, (hparams_file, merged, overrides)
+
+
+def write_experiment(hparams, run_opts, record):
+    """The experiment folder: the resolved YAML (`hyperparams.yaml`, and the merged text
+    of a based YAML), the overrides and the log (SpeechBrain's experiment directory).
+    Call it holding the folder's lock (`output_folder_lock`): a refused second run must
+    not overwrite the first run's records."""
+    hparams_file, merged, overrides = record
     if merged is not None:  # hyperparams.yaml is resolved from the merged text
         hparams_file = os.path.join(hparams["output_folder"], MERGED_HPARAMS_FILE)
         if sb.utils.distributed.if_main_process():
@@ -306,7 +316,6 @@ def setup_experiment(argv=None):
         or hparams.get("log_config")
         or sb.core.DEFAULT_LOG_CONFIG,
     )
-    return hparams, run_opts
 
 
 def tensorboard_logger(enabled, folder):
@@ -389,8 +398,9 @@ def main(prepare, make_datasets, argv=None):
 
 
 def _run_recipe(prepare, make_datasets, argv):
-    hparams, run_opts = setup_experiment(argv)
+    hparams, run_opts, record = load_experiment(argv)
     with output_folder_lock(hparams["output_folder"]):
+        write_experiment(hparams, run_opts, record)
         sb.utils.distributed.run_on_main(
             prepare,
             kwargs={

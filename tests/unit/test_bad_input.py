@@ -20,6 +20,7 @@ from speechbrain_cald.brain import CALDBrain
 from speechbrain_cald.checkpoints import AtomicCheckpointer, verify_integrity
 from speechbrain_cald.conversion import convert_to_student
 from speechbrain_cald.dataprep import DataPrepError, write_csv_manifest
+from speechbrain_cald import experiment
 from speechbrain_cald.experiment import RunLockedError, output_folder_lock
 from speechbrain_cald.resumable import NonFiniteLossError
 from speechbrain_cald.tasks import CTCASR
@@ -141,6 +142,28 @@ def test_a_second_run_in_the_same_output_folder_is_refused(tmp_path):
                 pass
     with output_folder_lock(tmp_path):  # released: free again
         pass
+
+
+def test_a_refused_run_writes_nothing_into_the_busy_folder(tmp_path):
+    """The lock is taken before the YAML, overrides or log are written: a second run in
+    a busy folder leaves the first run's records as they were."""
+    yaml = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "FSDD", "hparams")
+    argv = [os.path.join(yaml, "whisper_asr.yaml"), "--data_folder", str(tmp_path / "d")]
+    argv += ["--source_hub", str(tmp_path / "w"), "--output_root", str(tmp_path)]
+    folder = tmp_path / "std" / "1986"
+    folder.mkdir(parents=True)
+    records = {name: f"the first run's {name}\n" for name in ("hyperparams.yaml", "log.txt")}
+    records["hparams_merged.yaml"] = "merged\n"
+    for name, text in records.items():
+        (folder / name).write_text(text)
+
+    def never(*args, **kwargs):
+        raise AssertionError("nothing may run in a busy folder")
+
+    with output_folder_lock(folder):
+        with pytest.raises(RunLockedError, match="is in use by"):
+            experiment.main(never, never, argv)
+    assert {p.name: p.read_text() for p in folder.iterdir() if p.name in records} == records
 
 
 def test_target_before_std_and_a_stale_teacher_are_named_errors(tmp_path):
