@@ -23,12 +23,15 @@ Training length is counted in optimizer steps: one SpeechBrain "epoch" is
 checkpoints come every `eval_every_steps` steps.
 """
 
+import ast
 import contextlib
+import difflib
 import fcntl
 import io
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -38,6 +41,7 @@ import speechbrain as sb
 import torch
 import transformers
 from hyperpyyaml import load_hyperpyyaml
+from ruamel.yaml.constructor import DuplicateKeyError
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.dataio.sampler import DynamicBatchSampler, ReproducibleRandomSampler
 
@@ -291,8 +295,26 @@ def load_experiment(argv=None):
     sb.utils.distributed.ddp_init_group(run_opts)  # torchrun: one process per device
     merged = merge_base_hparams(hparams_file)
     with open(hparams_file, encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(f if merged is None else merged, overrides)
+        try:
+            hparams = load_hyperpyyaml(f if merged is None else merged, overrides)
+        except (KeyError, DuplicateKeyError) as err:
+            raise override_error(err, hparams_file) from None
     return hparams, run_opts, (hparams_file, merged, overrides)
+
+
+def override_error(err, hparams_file):
+    """A one-line ValueError for an unknown (misspelled) or repeated `--key` override;
+    any other error as it is."""
+    if isinstance(err, DuplicateKeyError):
+        key = re.search(r'duplicate key "([^"]+)"', str(err))
+        return ValueError(f"--{key.group(1) if key else '?'} is given more than once")
+    unknown = re.match(r"Override '([^']+)' not found in: (\[.*\])", str(err.args[0]))
+    if unknown is None:
+        return err
+    key, keys = unknown.group(1), ast.literal_eval(unknown.group(2))
+    close = difflib.get_close_matches(key, keys, n=3)
+    hint = f"; did you mean {', '.join('--' + k for k in close)}?" if close else ""
+    return ValueError(f"--{key}: no such key in {hparams_file}{hint}")
 
 
 def write_experiment(hparams, run_opts, record):

@@ -14,13 +14,12 @@ import transformers
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.checkpoints import Checkpointer
 
+from speechbrain_cald import experiment, inference, speech_data, speech_input, text_data, transcribe
 from speechbrain_cald import guidance as g
-from speechbrain_cald import inference, speech_data, speech_input, text_data, transcribe
 from speechbrain_cald.brain import CALDBrain
 from speechbrain_cald.checkpoints import AtomicCheckpointer, verify_integrity
 from speechbrain_cald.conversion import convert_to_student
 from speechbrain_cald.dataprep import DataPrepError, write_csv_manifest
-from speechbrain_cald import experiment
 from speechbrain_cald.experiment import RunLockedError, output_folder_lock
 from speechbrain_cald.resumable import NonFiniteLossError
 from speechbrain_cald.tasks import CTCASR
@@ -142,6 +141,23 @@ def test_a_second_run_in_the_same_output_folder_is_refused(tmp_path):
                 pass
     with output_folder_lock(tmp_path):  # released: free again
         pass
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lerning_rate", "0.1"], "--lerning_rate: no such key in .*whisper_asr.yaml"),
+        (["--lr", "0.1", "--lr", "0.2"], "--lr is given more than once"),
+        (["--max_step", "3"], "did you mean --max_steps"),
+    ],
+)
+def test_misspelled_or_repeated_overrides_are_named(tmp_path, extra, message):
+    yaml = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "FSDD", "hparams")
+    argv = [os.path.join(yaml, "whisper_asr.yaml"), "--data_folder", str(tmp_path / "d")]
+    argv += ["--source_hub", str(tmp_path / "w"), "--output_root", str(tmp_path), *extra]
+    with pytest.raises(ValueError, match=message):
+        experiment.main(None, None, argv)
+    assert not (tmp_path / "std").exists()  # nothing written
 
 
 def test_a_refused_run_writes_nothing_into_the_busy_folder(tmp_path):
