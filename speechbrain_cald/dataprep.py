@@ -20,6 +20,7 @@ stays cheap.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -61,13 +62,34 @@ def check_layout(root, required: Sequence[str], corpus: str, layout: str) -> Non
         )
 
 
+def read_text(path) -> str:
+    """A text file as editors and spreadsheet exports write it: UTF-8 with or without
+    a byte-order mark, any line endings (kept: csv reads them). Anything else is a
+    DataPrepError naming the file, the line and the byte."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise file_error(
+            path, f"not UTF-8 text (byte 0x{data[err.start]:02x}); save it as UTF-8", line
+        ) from None
+
+
+def csv_rows(path, **reader_options):
+    """A csv.reader over `read_text(path)`, fields of any length (a long review or
+    transcript is no error)."""
+    csv.field_size_limit(2**31 - 1)
+    return csv.reader(io.StringIO(read_text(path), newline=""), **reader_options)
+
+
 def iter_lines(path) -> Iterator[tuple[int, str]]:
     """Yield `(line_number, stripped_line)` for the non-blank lines of a text file."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if line:
-                yield number, line
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        line = line.strip()
+        if line:
+            yield number, line
 
 
 # --------------------------------------------------------------------------- manifests
@@ -111,15 +133,15 @@ def manifest_paths(hparams, extension="csv"):
 
 def read_csv_manifest(path) -> list[dict]:
     """Read a manifest back as a list of dicts (all values as strings)."""
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
+    csv.field_size_limit(2**31 - 1)
+    return list(csv.DictReader(io.StringIO(read_text(path), newline="")))
 
 
 def _manifest_ok(path, expected_rows: int, check_wavs: bool) -> bool:
     """True when the manifest exists, has `expected_rows` rows and (optionally) its wavs."""
     try:
         rows = read_csv_manifest(path)
-    except (OSError, csv.Error, UnicodeDecodeError):
+    except (OSError, csv.Error, DataPrepError):
         return False
     if len(rows) != expected_rows or (rows and list(rows[0])[:3] != list(MANIFEST_HEAD)):
         return False
@@ -382,7 +404,8 @@ def load_manifest(
     screening = Screening(path, bad_data)
     required = list(dict.fromkeys([*MANIFEST_HEAD, *(c for ch in checks for c in ch.columns)]))
     data = {}
-    with open(path, encoding="utf-8", newline="") as f:
+    csv.field_size_limit(2**31 - 1)
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         absent = [c for c in required if c not in (reader.fieldnames or [])]
         if absent:

@@ -118,6 +118,21 @@ def test_glue_prepare_rows_and_errors(text_data, tmp_path):
         glue.read_glue_tsv(str(bad), "sst2")
 
 
+def test_glue_tsv_as_editors_and_spreadsheets_write_it(tmp_path):
+    """A byte-order mark, CRLF line endings and a 200,000-character field are read; a
+    file in another encoding is one error naming the file and the line."""
+    glue = _recipe_module("GLUE/Classification", "glue_prepare")
+    tsv = tmp_path / "dev.tsv"
+    long_review = "word " * 40000
+    text = f"sentence\tlabel\r\ngood .\t1\r\n{long_review}\t0\r\n"
+    tsv.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    rows = list(glue.read_glue_tsv(str(tsv), "sst2").values())
+    assert [r["label"] for r in rows] == [1, 0] and rows[1]["text_a"] == long_review
+    tsv.write_bytes("sentence\tlabel\ngood .\t1\ncaf\u00e9 .\t0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"{tsv}:3: not UTF-8 text \\(byte 0xe9\\)"):
+        glue.read_glue_tsv(str(tsv), "sst2")
+
+
 def test_pile_rows_and_errors(text_data, tmp_path):
     """Rows hold seq_len + 1 tokens; a bad jsonl line names its file and line."""
     pile = _recipe_module("Pile/LM", "pile_prepare")

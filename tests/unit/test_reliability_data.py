@@ -156,3 +156,16 @@ def test_every_training_row_over_max_duration_is_a_named_error(audio, tmp_path):
     items = [speech_data.audio_pipeline(SR), speech_data.char_pipeline(VOCAB, "wrd")]
     with pytest.raises(ValueError, match=re.escape(f"{paths['train']}: all 2 usable training")):
         speech_data.load_manifests(paths, items, ["id", "sig"], max_duration=0.3)
+
+
+def test_a_manifest_saved_by_a_spreadsheet_reads_as_written(audio, tmp_path):
+    """Byte-order mark and CRLF line endings (a spreadsheet's CSV export) are read;
+    another encoding is one error naming the file and line."""
+    path = tmp_path / "train.csv"
+    text = f"ID,duration,wav,wrd,intent\r\nt1,0.5,{audio['good']},hello,a\r\n"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    rows = load_manifest(str(path), CHECKS, "error")
+    assert list(rows) == ["t1"] and rows["t1"]["wrd"] == "hello"
+    path.write_bytes((text + f"t2,0.5,{audio['good2']},caf\u00e9,a\r\n").encode("cp1252"))
+    with pytest.raises(DataPrepError, match=re.escape(f"{path}:3: not UTF-8 text (byte 0xe9)")):
+        load_manifest(str(path), CHECKS, "error")

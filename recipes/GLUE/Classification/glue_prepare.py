@@ -16,6 +16,7 @@ import glob
 import logging
 import os
 
+from speechbrain_cald.dataprep import csv_rows, read_text
 from speechbrain_cald.text_data import write_manifest
 
 logger = logging.getLogger(__name__)
@@ -36,32 +37,30 @@ def text_columns(task):
 
 
 def read_glue_tsv(path, task):
-    """`{id: row}` from one GLUE TSV; a malformed row raises naming file and line."""
+    """`{id: row}` from one GLUE TSV (UTF-8, with or without a byte-order mark, fields
+    of any length); a malformed row raises naming file and line."""
     columns, label_column, labels = GLUE_TASKS[task]
     rows = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        missing = [c for c in [*columns, label_column] if c not in (header or [])]
-        if missing:
-            raise ValueError(f"{path}:1: header {header} lacks the {task} columns {missing}")
-        for fields in reader:
-            line = reader.line_num
-            if len(fields) != len(header):
-                raise ValueError(
-                    f"{path}:{line}: expected {len(header)} tab-separated fields "
-                    f"({' '.join(header)}), got {len(fields)}"
-                )
-            row = dict(zip(header, fields))
-            if row[label_column] not in labels:
-                raise ValueError(
-                    f"{path}:{line}: label {row[label_column]!r} not in {sorted(labels)}"
-                )
-            texts = {k: row[c] for k, c in zip(("text_a", "text_b"), columns)}
-            rows[f"{task}_{os.path.basename(path)[:-4]}_{line}"] = {
-                **texts,
-                "label": labels[row[label_column]],
-            }
+    reader = csv_rows(path, delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(reader, None)
+    missing = [c for c in [*columns, label_column] if c not in (header or [])]
+    if missing:
+        raise ValueError(f"{path}:1: header {header} lacks the {task} columns {missing}")
+    for fields in reader:
+        line = reader.line_num
+        if len(fields) != len(header):
+            raise ValueError(
+                f"{path}:{line}: expected {len(header)} tab-separated fields "
+                f"({' '.join(header)}), got {len(fields)}"
+            )
+        row = dict(zip(header, fields))
+        if row[label_column] not in labels:
+            raise ValueError(f"{path}:{line}: label {row[label_column]!r} not in {sorted(labels)}")
+        texts = {k: row[c] for k, c in zip(("text_a", "text_b"), columns)}
+        rows[f"{task}_{os.path.basename(path)[:-4]}_{line}"] = {
+            **texts,
+            "label": labels[row[label_column]],
+        }
     return rows
 
 
@@ -73,8 +72,7 @@ def read_imdb(folder, split):
         if not files:
             raise FileNotFoundError(f"No reviews in {os.path.join(folder, split, name)}")
         for path in files:
-            with open(path, encoding="utf-8") as f:
-                text = f.read().replace("<br />", " ").strip()
+            text = read_text(path).replace("<br />", " ").strip()
             rows[f"imdb_{split}_{name}_{os.path.basename(path)[:-4]}"] = {
                 "text_a": text,
                 "label": label,
