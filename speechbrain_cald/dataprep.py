@@ -224,19 +224,20 @@ def prepare_splits(
     corpus: str,
     data_folder,
     save_folder,
-    read_splits: Callable[[str, int], Mapping[str, Sequence[Mapping]]],
+    read_splits: Callable[[str], Mapping[str, Sequence[Mapping]]],
     required: Sequence[str],
     layout: str,
     skip_prep: bool = False,
     sample_rate: int = 16000,
 ) -> dict[str, str]:
     """The body of a prepare function whose manifests depend only on the data
-    folder and the sample rate (the `experiment.main` prepare contract plus the corpus parts).
+    folder (the `experiment.main` prepare contract plus the corpus parts).
 
     `corpus` names it in messages; lower-cased, it names the preparation record.
     Checks the `required` entries of the layout (unless `skip_prep`), then runs
-    `run_prep` with `read_splits(absolute data_folder, sample_rate)` -> `{split:
-    rows}` as its build step. Returns `{split: csv_path}`.
+    `run_prep` with `read_splits(absolute data_folder)` -> `{split: rows}` as its
+    build step. `sample_rate` is recorded only: recordings at any rate are read and
+    resampled by the audio pipeline. Returns `{split: csv_path}`.
     """
     data_folder = os.path.abspath(data_folder)
     if not skip_prep:
@@ -246,7 +247,7 @@ def prepare_splits(
         corpus.lower(),
         save_folder,
         options,
-        lambda: read_splits(data_folder, sample_rate),
+        lambda: read_splits(data_folder),
         skip_prep=skip_prep,
     )
 

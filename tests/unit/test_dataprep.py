@@ -18,6 +18,7 @@ import soundfile as sf
 
 from speechbrain_cald.dataprep import (
     DataPrepError,
+    read_audio,
     read_csv_manifest,
     write_audio,
     write_csv_manifest,
@@ -143,6 +144,21 @@ def test_slurp_manifests(fixtures, tmp_path):
     assert {r["intent"] for r in train} == set(_meta(root)["intents"])
     alarm = next(r for r in train if r["intent"] == "alarm_set")
     assert json.loads(alarm["semantics"])["entities"][0]["type"] == "time"
+
+
+@pytest.mark.parametrize("name", ["slurp", "voxceleb1"])
+def test_a_recording_at_another_rate_is_read_resampled(corpus, tmp_path, name):
+    """Before: one file at another sample rate stopped the preparation, even under
+    bad_data: skip; the one audio path resamples it (read_audio), so it is used."""
+    root = corpus(name)
+    wav = sorted(p for p in root.rglob("*") if p.suffix in (".wav", ".flac"))[0]
+    signal, sr = sf.read(wav)
+    sf.write(wav, signal[::2], sr // 2, format=sf.info(wav).format)  # same seconds, half rate
+    paths = PREPARE[name](str(root), str(tmp_path / name))
+    rows = [r for p in paths.values() for r in read_csv_manifest(p) if r["wav"] == str(wav)]
+    assert len(rows) == 1
+    assert float(rows[0]["duration"]) == pytest.approx(sf.info(wav).duration, abs=1e-4)
+    assert read_audio(str(wav), 16000).shape[0] == pytest.approx(len(signal), abs=2)
 
 
 @pytest.mark.parametrize(

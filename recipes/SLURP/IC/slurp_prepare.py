@@ -54,7 +54,7 @@ def parse_entities(annotation):
     return [{"type": t, "filler": f} for t, f in _ENTITY.findall(annotation or "")]
 
 
-def read_jsonl(path, audio_dir, sample_rate):
+def read_jsonl(path, audio_dir):
     """Manifest rows (one per recording) of one SLURP jsonl file.
 
     Raises `DataPrepError` naming the file and line for a malformed line, and
@@ -91,7 +91,7 @@ def read_jsonl(path, audio_dir, sample_rate):
                     number,
                 )
             wav = os.path.join(audio_dir, rec["file"])
-            duration, _, _ = audio_info(wav, expected_sr=sample_rate)
+            duration, _, _ = audio_info(wav)  # any rate: the audio pipeline resamples
             rows.append(
                 {
                     "ID": f"{obj['slurp_id']}_{os.path.splitext(rec['file'])[0]}",
@@ -129,7 +129,7 @@ def find_layout(data_folder):
     return jsonl_dir, audio
 
 
-def read_splits(data_folder, sample_rate):
+def read_splits(data_folder):
     """`{split: rows}` of the corpus (the `prepare_splits` build step)."""
     jsonl_dir, audio = find_layout(data_folder)
     return {
@@ -139,7 +139,6 @@ def read_splits(data_folder, sample_rate):
             for row in read_jsonl(
                 os.path.join(data_folder, jsonl_dir, f"{jsonl}.jsonl"),
                 os.path.join(data_folder, audio[folder]),
-                sample_rate,
             )
         ]
         for split, sources in SPLITS.items()
@@ -149,7 +148,8 @@ def read_splits(data_folder, sample_rate):
 def prepare_slurp(data_folder, save_folder, skip_prep=False, sample_rate=16000):
     """Prepare SLURP manifests `train.csv` (real + synthetic), `dev.csv`, `test.csv`
     in `save_folder` from the SLURP root `data_folder` (see the module docstring for
-    the layouts read); every recording must be at `sample_rate`. Nothing is done
+    the layouts read); recordings at any rate are resampled to `sample_rate` when read
+    (recorded only here). Nothing is done
     with `skip_prep`. Returns `{split: manifest path}`.
     """
     jsonl_dir, audio = find_layout(data_folder)

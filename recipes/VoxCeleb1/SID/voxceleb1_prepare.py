@@ -50,7 +50,7 @@ def wav_roots(data_folder):
     return roots
 
 
-def read_split_file(path, roots, sample_rate):
+def read_split_file(path, roots):
     """`{split: rows}` from `iden_split.txt`; errors name the line or the missing file."""
     splits = {name: [] for name in SPLIT_NAMES.values()}
     for number, line in iter_lines(path):
@@ -66,7 +66,7 @@ def read_split_file(path, roots, sample_rate):
         wav = next((c for c in candidates if os.path.isfile(c)), candidates[0])
         if not os.path.isfile(wav):
             raise file_error(path, f"listed file not found: {wav}", number)
-        duration, _, _ = audio_info(wav, expected_sr=sample_rate)
+        duration, _, _ = audio_info(wav)  # any rate: the audio pipeline resamples
         spk = rel.split("/")[0]
         utt_id = os.path.splitext(rel)[0].replace("/", "--")
         splits[SPLIT_NAMES[fields[0]]].append(
@@ -75,17 +75,17 @@ def read_split_file(path, roots, sample_rate):
     return splits
 
 
-def read_splits(data_folder, sample_rate):
+def read_splits(data_folder):
     """`{split: rows}` of the corpus (the `prepare_splits` build step)."""
     roots = wav_roots(data_folder)
-    return read_split_file(os.path.join(data_folder, SPLIT_FILE), roots, sample_rate)
+    return read_split_file(os.path.join(data_folder, SPLIT_FILE), roots)
 
 
 def prepare_voxceleb1(data_folder, save_folder, skip_prep=False, sample_rate=16000):
     """Prepare VoxCeleb1 identification manifests `train.csv`, `dev.csv`, `test.csv`
     in `save_folder` from the VoxCeleb1 root `data_folder` (holding `wav/` and
-    `iden_split.txt`); every file must be at `sample_rate`. Nothing is done with
-    `skip_prep`. Returns `{split: manifest path}`.
+    `iden_split.txt`); files at any rate are resampled to `sample_rate` when read
+    (recorded only here). Nothing is done with `skip_prep`. Returns `{split: manifest path}`.
     """
     return prepare_splits(
         "VoxCeleb1",

@@ -18,7 +18,7 @@ SPLITS = ("train", "dev", "test")
 LAYOUT = "  <data_folder>/{train,dev,test}/<label>/<utt>.wav"
 
 
-def read_split(folder, sample_rate):
+def read_split(folder):
     """Manifest rows of one split folder; an empty split is an error naming it."""
     wavs = sorted(glob.glob(os.path.join(folder, "*", "*.wav")))
     if not wavs:
@@ -32,9 +32,9 @@ def read_split(folder, sample_rate):
     return rows
 
 
-def read_splits(data_folder, sample_rate):
+def read_splits(data_folder):
     """`{split: rows}` of the corpus (the `prepare_splits` build step)."""
-    return {split: read_split(os.path.join(data_folder, split), sample_rate) for split in SPLITS}
+    return {split: read_split(os.path.join(data_folder, split)) for split in SPLITS}
 
 
 def prepare_folders(data_folder, save_folder, skip_prep=False, sample_rate=16000):
