@@ -32,10 +32,10 @@ def resolve(model: PreTrainedModel, config: StudentConfig) -> tuple[SourceFamily
             f"mixer {name!r} does not fit a {family.name} model; use one of {family.mixers}"
         )
     spec = MIXERS[name]
-    if config.positions == "drop" and not family.absolute_positions:
+    if config.positions == "drop" and not family.can_drop_positions(model):
         raise ValueError(
-            f"positions 'drop': a {family.name} model adds no absolute positions a student "
-            "could drop (keep them: positions 'keep')"
+            f"positions 'drop': a {type(model).__name__} ({family.name}) adds no absolute "
+            "positions a student could drop (keep them: positions 'keep')"
         )
     if config.init == "attention" and spec.init_from_attention is None:
         with_init = [m for m in family.mixers if MIXERS[m].init_from_attention] or "none"

@@ -146,16 +146,12 @@ class SourceFamily:
     name: the family's name in reports; description: the models it covers. mixers:
     the mixers it accepts, the first being what "auto" picks. slot_attribute: the
     (dotted) attribute of each layer that holds the attention module.
-    absolute_positions: whether its models add absolute position embeddings that a
-    student may drop (StudentConfig positions "drop"); the model reads that choice
-    from its config's `cald_student`.
     """
 
     name: str = ""
     description: str = ""  # the models it covers, for error messages
     mixers: tuple[str, ...] = ()
     slot_attribute: str = "attention"
-    absolute_positions: bool = False
 
     def matches(self, model) -> bool:
         """Whether `model` (an HF PreTrainedModel) belongs to this family."""
@@ -169,6 +165,12 @@ class SourceFamily:
         """(q, k, v, o) nn.Linear of an attention module, for init "attention"; None
         when the family cannot provide them."""
         return None
+
+    def can_drop_positions(self, model) -> bool:
+        """Whether `model` adds absolute position embeddings a student may drop
+        (StudentConfig positions "drop"; the model reads that choice from its config's
+        `cald_student`). Default: no."""
+        return False
 
     def make_slot(self, mixer: nn.Module, spec: MixerSpec, attention: nn.Module) -> nn.Module:
         """The module that takes the attention's place (default: `MixerSlot`)."""

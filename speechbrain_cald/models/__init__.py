@@ -7,13 +7,20 @@ registers those classes with transformers' Auto classes.
 """
 
 import transformers
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from speechbrain_cald.models import whisper_encoder
 
-# Classes by name, for configs whose `architectures` names one of them.
+# Classes by name, for configs whose `architectures` names one of them: ours, and
+# transformers classes its top level does not export (HF's WhisperEncoder, the
+# encoder of WhisperModel, saved on its own).
 MODEL_CLASSES = {
     cls.__name__: cls
-    for cls in (whisper_encoder.WhisperEncoderModel, whisper_encoder.WhisperEncoderForCTC)
+    for cls in (
+        whisper_encoder.WhisperEncoderModel,
+        whisper_encoder.WhisperEncoderForCTC,
+        WhisperEncoder,
+    )
 }
 
 

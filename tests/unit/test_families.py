@@ -219,3 +219,40 @@ def test_whisper_student_without_positions(tmp_path):
     assert_close(outputs(reloaded, [short])[0], alone)
     with pytest.raises(ValueError, match="positions 'drop'"):
         conversion.convert_to_student(hf_ctc("hubert"), {**MIXER, "positions": "drop"})
+
+
+@pytest.mark.parametrize("kind", ["encoder", "audio_classification"])
+def test_hf_whisper_classes_convert_keeping_every_non_attention_weight(kind, tmp_path):
+    """HF's WhisperModel encoder and WhisperForAudioClassification (fine-tuned the HF
+    way) convert: attention replaced, everything else bit-identical; they run on HF's
+    30 s windows and round-trip through save / load; positions 'drop' is refused."""
+    config = transformers.WhisperConfig(
+        d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32,
+        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
+        max_source_positions=64, num_mel_bins=8, num_labels=3, vocab_size=64, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    if kind == "encoder":
+        teacher = transformers.WhisperModel(config).get_encoder().eval()
+    else:
+        teacher = transformers.WhisperForAudioClassification(config).eval()
+    student, report = conversion.convert_to_student(teacher, MIXER)
+    assert report.family == "whisper" and report.replaced
+    assert all(".self_attn." in name for name in report.replaced + report.new)
+    kept = dict(teacher.named_parameters())
+    for name, param in student.named_parameters():
+        if name in kept:
+            assert torch.equal(param, kept[name]), name
+    assert set(report.kept) == set(kept) - set(report.replaced)
+    features = torch.randn(2, 8, 128)  # (batch, mels, 2 x max_source_positions)
+    with torch.no_grad():
+        out = student(features)
+    student.save_pretrained(tmp_path / "hf")
+    reloaded = conversion.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        again = reloaded(features)
+    key = "last_hidden_state" if kind == "encoder" else "logits"
+    torch.testing.assert_close(again[key], out[key])
+    with pytest.raises(ValueError, match="positions 'drop'"):
+        conversion.convert_to_student(teacher, {**MIXER, "positions": "drop"})
