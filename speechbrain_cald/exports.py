@@ -30,6 +30,20 @@ class InferenceExport:
     modules: tuple = ()
 
 
+def load_weights_strict(module, path):
+    """`module`'s whole state from `path` (weights only): a missing or unexpected
+    tensor is a ValueError naming the file (SpeechBrain's transfer would only warn and
+    answer with the missing weights left random)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: not the weights of this model ({len(missing)} missing, e.g. "
+            f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}): a damaged "
+            "or partial export; export it again"
+        )
+
+
 UNUSED_LABEL = "<unused_{}>"
 
 

@@ -31,10 +31,11 @@ import torch
 import transformers
 from speechbrain.inference.ASR import EncoderASR
 from speechbrain.inference.interfaces import Pretrained
+from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_hooks
 
 from speechbrain_cald import conversion, hyperyaml
 from speechbrain_cald.audio import SILENCE_PEAK, read_audio
-from speechbrain_cald.exports import padding_slots
+from speechbrain_cald.exports import load_weights_strict, padding_slots
 from speechbrain_cald.feature_encoder import CHUNK_FRAMES
 from speechbrain_cald.masks import lengths_to_mask, masked_mean
 from speechbrain_cald.models import model_class
@@ -60,6 +61,7 @@ def without_padding_slots(logits, encoder):
     return logits.float().masked_fill(slots, float("-inf")).log_softmax(-1)
 
 
+@register_checkpoint_hooks
 class SpeechEncoder(torch.nn.Module):
     """HF speech model for inference: (wavs, relative lengths) -> CTC log-probs or
     the masked mean of the last hidden state (utterance embedding).
@@ -85,6 +87,10 @@ class SpeechEncoder(torch.nn.Module):
         if self.output == "log_probs":
             return out.logits.float().log_softmax(-1)
         return masked_mean(out.last_hidden_state, valid, dim=1)
+
+    @mark_as_transfer
+    def _load_exported(self, path):
+        load_weights_strict(self, path)
 
 
 SOURCE_MARKER = "cald_source.txt"  # in a savedir: the folder its links point to
@@ -213,6 +219,7 @@ class SpeechClassifier(CheckedAudioMixin, Pretrained):
         ]
 
 
+@register_checkpoint_hooks
 class TextModel(torch.nn.Module):
     """HF text model for inference: (ids, relative lengths) -> logits (no KV cache)."""
 
@@ -223,6 +230,10 @@ class TextModel(torch.nn.Module):
     def forward(self, ids, lens):
         mask = lengths_to_mask(lens, ids.shape[1]).long()
         return self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    @mark_as_transfer
+    def _load_exported(self, path):
+        load_weights_strict(self, path)
 
 
 class TextClassifier(CheckedSavedirMixin, Pretrained):

@@ -17,10 +17,16 @@ import torch.nn.functional as F
 import transformers
 from speechbrain.dataio.batch import PaddedData
 from speechbrain.dataio.encoder import CTCTextEncoder
+from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_hooks
 from speechbrain.utils.metric_stats import ErrorRateStats, MetricStats
 
 from speechbrain_cald import conversion, feature_encoder, hyperyaml, speech_input
-from speechbrain_cald.exports import InferenceExport, export_text_tokenizer, padded_label_encoder
+from speechbrain_cald.exports import (
+    InferenceExport,
+    export_text_tokenizer,
+    load_weights_strict,
+    padded_label_encoder,
+)
 from speechbrain_cald.masks import lengths_to_mask, masked_mean
 
 HEADS_FILE = "heads.pt"
@@ -43,9 +49,18 @@ class TaskOutputs:
     logits_mask: torch.Tensor = None
 
 
+@register_checkpoint_hooks
+class ClassificationHeads(torch.nn.ModuleDict):
+    """{name: Linear} heads; an inference folder's heads load strictly (`exports`)."""
+
+    @mark_as_transfer
+    def _load_exported(self, path):
+        load_weights_strict(self, path)
+
+
 def classification_heads(head_sizes, hidden_size):
     """One linear head per label on the pooled hidden state: {name: Linear}."""
-    return torch.nn.ModuleDict(
+    return ClassificationHeads(
         {name: torch.nn.Linear(hidden_size, n) for name, n in head_sizes.items()}
     )
 

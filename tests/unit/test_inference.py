@@ -329,3 +329,34 @@ def test_cli_top_k_below_one_is_one_line_and_status_2(tmp_path, asr_folder, caps
         transcribe.main([str(asr_folder), str(wav), "--top-k", k])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"error: --top-k {k}: must be >= 1\n"
+
+
+@pytest.mark.parametrize("damage", ["empty", "partial", "foreign"])
+def test_an_exported_folder_with_damaged_weights_is_refused(tmp_path, asr_folder, damage):
+    """SpeechBrain's transfer loads non-strictly (missing weights left random, with a log
+    warning): an empty, partial or foreign weight file must be an error naming it."""
+    import shutil
+
+    folder = tmp_path / "export"
+    shutil.copytree(asr_folder, folder, ignore=shutil.ignore_patterns("save"))
+    state = torch.load(folder / "encoder.ckpt", weights_only=True)
+    names = sorted(state)
+    changed = {
+        "empty": {},
+        "partial": {k: state[k] for k in names[: len(names) // 2]},
+        "foreign": {**state, "model.extra.weight": torch.zeros(2)},
+    }[damage]
+    torch.save(changed, folder / "encoder.ckpt")
+    with pytest.raises(ValueError, match=r"encoder\.ckpt: not the weights of this model"):
+        inference.load_inference_folder(str(folder), tmp_path / "save")
+
+
+def test_classifier_heads_with_missing_weights_are_refused(tmp_path):
+    student = tiny_student(Wav2Vec2Model)
+    task = UtteranceClassification({"speaker": 2})
+    heads = task.make_heads(student.config)
+    folder = tmp_path / "export"
+    inference.export_inference_folder(folder, task, student, heads, {"speaker": "ab"})
+    torch.save({"speaker.weight": heads["speaker"].weight}, folder / "heads.ckpt")
+    with pytest.raises(ValueError, match=r"heads\.ckpt: not the weights of this model"):
+        inference.load_inference_folder(str(folder), tmp_path / "save")
