@@ -21,6 +21,7 @@ from speechbrain.utils.checkpoints import register_checkpoint_hooks
 from speechbrain.utils.distributed import main_process_only
 
 from speechbrain_cald import param_groups
+from speechbrain_cald.exports import atomic_folder
 from speechbrain_cald.losses import (
     check_layer_compatibility,
     kd_loss,
@@ -66,8 +67,10 @@ class CALDBrain(ResumableBrain):
     @main_process_only
     def export(self, folder):
         """Save the student (+ heads) as a folder `Task.load` / a teacher can read
-        (the bare modules under DDP, so no `module.` prefix reaches the files)."""
-        self.task.save(folder, unwrapped(self.modules.student), unwrapped(self.heads))
+        (the bare modules under DDP, so no `module.` prefix reaches the files), whole
+        or not at all (`exports.atomic_folder`)."""
+        with atomic_folder(folder) as partial:
+            self.task.save(partial, unwrapped(self.modules.student), unwrapped(self.heads))
 
     def init_optimizers(self):
         """One optimizer group per parameter role when the YAML sets `lr_groups`

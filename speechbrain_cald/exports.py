@@ -1,7 +1,9 @@
 """What tasks write into an exported inference folder besides the model: the
 description they return (`InferenceExport`) and the helpers they share."""
 
+import contextlib
 import os
+import shutil
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +44,28 @@ def load_weights_strict(module, path):
             f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}): a damaged "
             "or partial export; export it again"
         )
+
+
+@contextlib.contextmanager
+def atomic_folder(folder):
+    """Write a folder whole or not at all: the block writes into a fresh sibling
+    `<folder>.partial-<pid>`, which then takes the place of `folder` (the old one moved
+    aside first and removed after). Interrupted (Ctrl-C, a crash), the old folder stays
+    as it was and the partial one is removed or left under its own name; a reader
+    never sees old and new files mixed. Yields the path to write into."""
+    folder = os.path.abspath(folder)
+    partial, old = f"{folder}.partial-{os.getpid()}", f"{folder}.old-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if os.path.exists(folder):
+        os.replace(folder, old)
+    os.replace(partial, folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 UNUSED_LABEL = "<unused_{}>"

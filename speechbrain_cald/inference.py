@@ -35,7 +35,7 @@ from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_
 
 from speechbrain_cald import conversion, hyperyaml
 from speechbrain_cald.audio import SILENCE_PEAK, read_audio
-from speechbrain_cald.exports import load_weights_strict, padding_slots
+from speechbrain_cald.exports import atomic_folder, load_weights_strict, padding_slots
 from speechbrain_cald.feature_encoder import CHUNK_FRAMES
 from speechbrain_cald.masks import lengths_to_mask, masked_mean
 from speechbrain_cald.models import model_class
@@ -322,9 +322,20 @@ def export_inference_folder(
         chunk_frames: speech: CNN feature chunk (None: whole waveform).
 
     Returns the path of the written ``hyperparams.yaml``; `load_inference_folder`
-    loads it with the interface named in its ``interface`` entry.
+    loads it with the interface named in its ``interface`` entry. The folder is
+    written aside and put in place whole (`exports.atomic_folder`).
     """
-    os.makedirs(folder, exist_ok=True)
+    with atomic_folder(folder) as partial:
+        _write_inference_folder(
+            partial, task, model, heads, label_encoders, tokenizer, sample_rate, chunk_frames
+        )
+    return os.path.join(folder, HPARAMS_FILE)
+
+
+def _write_inference_folder(
+    folder, task, model, heads, label_encoders, tokenizer, sample_rate, chunk_frames
+):
+    """The files of `export_inference_folder`, written into `folder`."""
     export = task.export_inference(folder, model, heads, label_encoders, tokenizer)
     config = {**model.config.to_dict(), "architectures": [type(model).__name__]}
     if export.output:  # speech: waveforms in, through the audio path of training
@@ -359,14 +370,12 @@ def export_inference_folder(
             loadables={k: hyperyaml.ref(v) for k, v in loadables.items()},
         ),
     }
-    path = os.path.join(folder, HPARAMS_FILE)
     hyperyaml.dump(
         document,
-        path,
+        os.path.join(folder, HPARAMS_FILE),
         header="Exported by speechbrain_cald.inference.export_inference_folder; "
         "`interface` names the speechbrain_cald.inference class that loads it",
     )
-    return path
 
 
 def load_inference_folder(folder, savedir=None, device="cpu"):

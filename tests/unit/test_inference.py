@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -360,3 +361,23 @@ def test_classifier_heads_with_missing_weights_are_refused(tmp_path):
     torch.save({"speaker.weight": heads["speaker"].weight}, folder / "heads.ckpt")
     with pytest.raises(ValueError, match=r"heads\.ckpt: not the weights of this model"):
         inference.load_inference_folder(str(folder), tmp_path / "save")
+
+
+def test_an_interrupted_export_leaves_the_previous_folder_whole(tmp_path, monkeypatch):
+    """Ctrl-C half-way through a new export: the folder still holds the previous export,
+    file for file, and still loads; no partial folder is left behind."""
+    folder = tmp_path / "export"
+    inference.export_inference_folder(folder, CTCASR(VOCAB), tiny_student(Wav2Vec2ForCTC))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def interrupted(self, partial, *args, **kwargs):
+        (Path(partial) / "tokenizer.ckpt").write_text("half-written\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CTCASR, "export_inference", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        inference.export_inference_folder(folder, CTCASR(VOCAB), tiny_student(Wav2Vec2ForCTC))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    monkeypatch.undo()
+    inference.load_inference_folder(str(folder), tmp_path / "save")
