@@ -17,6 +17,7 @@ at load time, so a prepare step stays cheap.
 from __future__ import annotations
 
 import os
+import re
 from math import gcd
 
 import numpy as np
@@ -33,14 +34,18 @@ def file_error(path, message: str, line: int | None = None) -> DataPrepError:
     return DataPrepError(f"{where}: {message}")
 
 
+# libsndfile's report of a WAV/AIFF data chunk longer than the file: "data : N (should be M)"
+_DATA_CUT_SHORT = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
 def audio_info(
     path, expected_sr: int | None = None, min_duration: float = 0.0
 ) -> tuple[float, int, int]:
     """Check an audio file from its header; return `(duration_s, sample_rate, frames)`.
 
     Raises `DataPrepError` naming the file when it is missing, unreadable by
-    soundfile, empty, at another sample rate than `expected_sr`, or shorter
-    than `min_duration` seconds.
+    soundfile, cut short (its header announces more samples than it holds), empty,
+    at another sample rate than `expected_sr`, or shorter than `min_duration` seconds.
     """
     if not os.path.isfile(path):
         raise file_error(path, "audio file not found")
@@ -51,6 +56,13 @@ def audio_info(
         if str(path).lower().endswith(".sph"):
             hint = "; a shorten-compressed SPHERE file needs converting first, e.g. with sph2pipe"
         raise file_error(path, f"unreadable audio ({err}){hint}") from err
+    cut = _DATA_CUT_SHORT.search(info.extra_info or "")
+    if cut and int(cut.group(2)) < int(cut.group(1)):
+        raise file_error(
+            path,
+            f"its header announces {cut.group(1)} bytes of samples but the file holds "
+            f"{cut.group(2)}: cut short (an interrupted copy or download?)",
+        )
     if info.frames <= 0 or info.samplerate <= 0:
         raise file_error(path, "empty audio file (0 samples)")
     if expected_sr is not None and info.samplerate != expected_sr:
@@ -99,11 +111,13 @@ def read_audio(path, sample_rate: int | None = None) -> np.ndarray:
     `DataPrepError` naming the file when it is missing, unreadable, empty or holds
     NaN / inf samples.
     """
-    audio_info(path)
+    _, _, frames = audio_info(path)
     try:
         data, sr = sf.read(path, dtype="float32", always_2d=True)
     except (RuntimeError, sf.SoundFileError) as err:
         raise file_error(path, f"unreadable audio ({err})") from err
+    if len(data) != frames:
+        raise file_error(path, f"holds {len(data)} samples, its header says {frames}: damaged")
     return to_model_rate(data, sr, sample_rate, path)
 
 

@@ -1,7 +1,9 @@
-"""Fuzz: seeded random bad rows and bad files, many kinds at once, mixed into the tiny
-TED-LIUM fixture's manifests. Preparation and a short training run end either with
-counted skips that add up to exactly the rows injected (every checkpoint verifying),
-or, under `bad_data: error`, with a one-line error naming the file, line and row."""
+"""Fuzz: seeded random bad rows and bad files (cut-short audio included), many kinds
+at once, mixed into the tiny TED-LIUM fixture's manifests (some saved with a byte-order
+mark and CRLF line endings, as spreadsheets write them). Preparation and a short
+training run end either with counted skips that add up to exactly the rows injected
+(every checkpoint verifying), or, under `bad_data: error`, with a one-line error naming
+the file, line and row."""
 
 import csv
 import glob
@@ -34,6 +36,7 @@ KINDS = (
     "extra_field",
     "duplicate_id",
     "bad_duration",
+    "cut_short",  # a WAV whose header announces more samples than it holds
 )
 
 
@@ -61,6 +64,12 @@ def bad_row(kind, good, folder, rng, n):
     elif kind == "too_short":
         sf.write(wav, signal[: sr // 50], sr)
         duration = str(1 / 50)
+    elif kind == "cut_short":
+        sf.write(wav, signal, sr, subtype="PCM_16")
+        with open(wav, "rb") as f:
+            data = f.read()
+        with open(wav, "wb") as f:
+            f.write(data[: len(data) // 2])
     else:
         sf.write(wav, signal, sr)
     fields = [uid, duration, wav, good["spk_id"], words]
@@ -94,8 +103,11 @@ def inject(manifest_folder, seed, per_split=8):
         ]
         lines = good + rows
         order = rng.permutation(len(lines))  # bad rows mixed among the good ones
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
+        # some manifests as a spreadsheet writes them: byte-order mark, CRLF
+        spreadsheet = bool(rng.integers(2))
+        encoding, ending = ("utf-8-sig", "\r\n") if spreadsheet else ("utf-8", "\n")
+        with open(path, "w", encoding=encoding, newline="") as f:
+            writer = csv.writer(f, lineterminator=ending)
             writer.writerow(list(good[0]))
             for i in order:
                 writer.writerow(list(lines[i].values()) if isinstance(lines[i], dict) else lines[i])

@@ -169,3 +169,19 @@ def test_a_manifest_saved_by_a_spreadsheet_reads_as_written(audio, tmp_path):
     path.write_bytes((text + f"t2,0.5,{audio['good2']},caf\u00e9,a\r\n").encode("cp1252"))
     with pytest.raises(DataPrepError, match=re.escape(f"{path}:3: not UTF-8 text (byte 0xe9)")):
         load_manifest(str(path), CHECKS, "error")
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC"])
+def test_audio_cut_short_is_bad_data_not_a_shorter_utterance(tmp_path, fmt):
+    """A file whose header announces more samples than it holds (an interrupted copy):
+    before, WAV was read as if whole (libsndfile trims its length silently)."""
+    path = tmp_path / f"cut.{fmt.lower()}"
+    signal = np.random.default_rng(1).uniform(-0.5, 0.5, SR).astype("float32")
+    sf.write(path, signal, SR, format=fmt, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    manifest = write_manifest(tmp_path / "train.csv", [("c1", [str(path), "hello", "a"])])
+    with pytest.raises(DataPrepError, match=re.escape(str(path))):
+        load_manifest(manifest, CHECKS, "error")
+    with pytest.raises(DataPrepError, match="cut short|unreadable|damaged"):
+        speech_data.audio_pipeline(SR)(str(path))
