@@ -124,12 +124,18 @@ def speech_model_forward(model, wavs, rel_lens, chunk_frames=None, progress=Fals
     `(batch, frames)` of its hidden states).
     """
     lengths = lengths_to_mask(rel_lens, wavs.shape[1]).sum(1)
+    n_frames = model._get_feat_extract_output_lengths(lengths)
+    if (n_frames < 1).any():
+        row = int((n_frames < 1).nonzero()[0])
+        raise ValueError(
+            f"utterance {row}: {int(lengths[row])} samples are too short for this model "
+            "(its feature encoder gives no frame)"
+        )
     inputs = model_inputs(model.config, wavs, lengths)
     exact = contextlib.nullcontext()
     if "input_values" in inputs:  # the wav2vec2 family's CNN feature encoder
         exact = exact_feature_encoder(model, lengths, chunk_frames, progress)
     with exact:
         out = model(**inputs, **kwargs)
-    n_frames = model._get_feat_extract_output_lengths(lengths)
     hidden = out.hidden_states[-1] if kwargs.get("output_hidden_states") else out[0]
     return out, counts_to_mask(n_frames, hidden.shape[1])

@@ -70,7 +70,8 @@ def main(argv=None):
             line = predict(interface, path, args.progress_after, args.top_k)
             print(f"{path}\t{line}", flush=True)
         except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
+            message = str(err) if str(path) in str(err) else f"{path}: {err}"
+            print(f"error: {message}", file=sys.stderr)
             failed = True
     return int(failed)
 

@@ -381,3 +381,17 @@ def test_an_interrupted_export_leaves_the_previous_folder_whole(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
     monkeypatch.undo()
     inference.load_inference_folder(str(folder), tmp_path / "save")
+
+
+def test_cli_reports_a_file_too_short_for_the_model_and_goes_on(tmp_path, asr_folder, capsys):
+    short, good = tmp_path / "short.wav", tmp_path / "good.wav"
+    soundfile.write(short, np.random.default_rng(0).normal(0, 0.1, 100), 16000)
+    soundfile.write(good, np.random.default_rng(1).normal(0, 0.1, 16000), 16000)
+    argv = [str(asr_folder), str(short), str(good), "--savedir", str(tmp_path / "save")]
+    assert transcribe.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{good}\t")
+    assert (
+        err
+        == f"error: {short}: utterance 0: 100 samples are too short for this model (its feature encoder gives no frame)\n"
+    )
