@@ -391,7 +391,5 @@ def test_cli_reports_a_file_too_short_for_the_model_and_goes_on(tmp_path, asr_fo
     assert transcribe.main(argv) == 1
     out, err = capsys.readouterr()
     assert out.startswith(f"{good}\t")
-    assert (
-        err
-        == f"error: {short}: utterance 0: 100 samples are too short for this model (its feature encoder gives no frame)\n"
-    )
+    too_short = "utterance 0: 100 samples are too short for this model"
+    assert err.startswith(f"error: {short}: {too_short}") and err.count("\n") == 1
