@@ -3,6 +3,7 @@ description they return (`InferenceExport`) and the helpers they share."""
 
 import contextlib
 import os
+import pickle
 import shutil
 from dataclasses import dataclass, field
 
@@ -36,7 +37,13 @@ def load_weights_strict(module, path):
     """`module`'s whole state from `path` (weights only): a missing or unexpected
     tensor is a ValueError naming the file (SpeechBrain's transfer would only warn and
     answer with the missing weights left random)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a readable weights file ({reason})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a weights file (holds a {type(state).__name__})")
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

@@ -64,6 +64,11 @@ def main(argv=None):
         interface = inference.load_inference_folder(args.folder, args.savedir, args.device)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
+    if not isinstance(interface, (inference.ASR, inference.SpeechClassifier)):
+        kind = type(interface).__name__
+        parser.exit(
+            2, f"error: {args.folder} is a {kind} folder; transcribe takes speech folders\n"
+        )
     failed = False
     for path in args.audio:
         try:

@@ -1,5 +1,6 @@
 """Export -> reload (fresh process) of CALD speech models, bad audio, chunked CNN."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -247,6 +248,13 @@ def test_text_classifier_export_reload(tmp_path):
         f"torch.save(clf.classify_text({texts!r})[3], out)\n",
     )
     assert fresh[0] == ["neg", "neu", "pos"][expected]
+    # the speech CLI on this text folder: one line, status 2
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, np.random.default_rng(0).normal(0, 0.1, 16000), 16000)
+    argv = [str(tmp_path / "export"), str(wav), "--savedir", str(tmp_path / "cli")]
+    with pytest.raises(SystemExit) as exit_info:
+        transcribe.main(argv)
+    assert exit_info.value.code == 2
 
 
 def test_text_generator_export_reload(tmp_path):
@@ -332,7 +340,7 @@ def test_cli_top_k_below_one_is_one_line_and_status_2(tmp_path, asr_folder, caps
     assert capsys.readouterr().err == f"error: --top-k {k}: must be >= 1\n"
 
 
-@pytest.mark.parametrize("damage", ["empty", "partial", "foreign"])
+@pytest.mark.parametrize("damage", ["empty", "partial", "foreign", "garbage", "hostile"])
 def test_an_exported_folder_with_damaged_weights_is_refused(tmp_path, asr_folder, damage):
     """SpeechBrain's transfer loads non-strictly (missing weights left random, with a log
     warning): an empty, partial or foreign weight file must be an error naming it."""
@@ -346,10 +354,24 @@ def test_an_exported_folder_with_damaged_weights_is_refused(tmp_path, asr_folder
         "empty": {},
         "partial": {k: state[k] for k in names[: len(names) // 2]},
         "foreign": {**state, "model.extra.weight": torch.zeros(2)},
-    }[damage]
-    torch.save(changed, folder / "encoder.ckpt")
-    with pytest.raises(ValueError, match=r"encoder\.ckpt: not the weights of this model"):
+    }.get(damage)
+    if damage == "garbage":
+        (folder / "encoder.ckpt").write_bytes(b"\x00not a checkpoint" * 10)
+    elif damage == "hostile":  # a pickle that would run code on a plain torch.load
+        torch.save({"x": Hostile()}, folder / "encoder.ckpt")
+    else:
+        torch.save(changed, folder / "encoder.ckpt")
+    match = r"encoder\.ckpt: not (the weights of this model|a readable weights file)"
+    with pytest.raises(ValueError, match=match):
         inference.load_inference_folder(str(folder), tmp_path / "save")
+    with pytest.raises(SystemExit) as exit_info:  # the CLI: one line, status 2
+        transcribe.main([str(folder), str(folder / "none.wav"), "--savedir", str(tmp_path / "c")])
+    assert exit_info.value.code == 2
+
+
+class Hostile:
+    def __reduce__(self):
+        return (os.system, ("echo hostile",))
 
 
 def test_classifier_heads_with_missing_weights_are_refused(tmp_path):
