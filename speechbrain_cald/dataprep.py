@@ -20,6 +20,7 @@ stays cheap.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -183,6 +184,23 @@ def record_prep(save_folder, corpus: str, options: Mapping, counts: Mapping[str,
     os.replace(tmp, path)
 
 
+def folder_fingerprint(folder, exclude=None) -> str:
+    """ "<n> files, <sha256>" over the relative path, size and modification time of every
+    file under `folder` (except under `exclude`): any added, removed, edited or touched
+    input file changes it."""
+    folder, skip = os.path.abspath(folder), os.path.abspath(exclude) if exclude else None
+    digest, count = hashlib.sha256(), 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if os.path.join(root, d) != skip)
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            stat = os.stat(path)
+            rel = os.path.relpath(path, folder)
+            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            count += 1
+    return f"{count} files, sha256 {digest.hexdigest()}"
+
+
 def run_prep(
     corpus: str,
     save_folder,
@@ -194,19 +212,31 @@ def run_prep(
     """Build and write `<save_folder>/<split>.csv` manifests unless already complete.
 
     `build()` returns `{split: rows}`; its rows are written with `write_csv_manifest`
-    and the record is written last, so an interrupted run is redone next time.
-    Returns `{split: csv_path}` (for the splits of the record when skipping).
+    and the record is written last, so an interrupted run is redone next time. The
+    record holds the options and, when they name a `data_folder`, a fingerprint of the
+    files under it (`folder_fingerprint`): edited or other input files are prepared
+    again, never reused as complete. Returns `{split: csv_path}` (for the splits of the
+    record when skipping).
     """
     os.makedirs(save_folder, exist_ok=True)
     if skip_prep:
         logger.info("%s: data preparation skipped (skip_prep=True)", corpus)
         return {}
+    options = dict(options)
+    if "data_folder" in options:  # the record covers the files read, not only the options
+        options["inputs"] = folder_fingerprint(options["data_folder"], exclude=save_folder)
     if prep_is_complete(save_folder, corpus, options, check_wavs=check_wavs):
         with open(options_path(save_folder, corpus), encoding="utf-8") as f:
             names = json.load(f)["manifests"]
         logger.info("%s: manifests in %s are complete, skipping preparation", corpus, save_folder)
         return {os.path.splitext(n)[0]: os.path.join(save_folder, n) for n in names}
     if os.path.exists(options_path(save_folder, corpus)):
+        logger.info(
+            "%s: the manifests in %s were prepared from other options or input files "
+            "(or are incomplete): preparing them again",
+            corpus,
+            save_folder,
+        )
         os.remove(options_path(save_folder, corpus))
     splits = build()
     paths, counts = {}, {}

@@ -136,3 +136,26 @@ def test_demo_workflow_tiny(tmp_path, source):
         folder = tmp_path / "speaker" / run / "1986"
         assert (folder / "test_metrics.json").is_file()
         assert (folder / "inference" / "hyperparams.yaml").is_file()
+
+
+def test_changed_input_files_are_prepared_again(tmp_path, caplog):
+    """The preparation record covers the input files: the same files reuse the
+    manifests; a removed or edited recording prepares them again (before: the old
+    manifests were reused as complete)."""
+    data = make_layout(tmp_path / "fsdd", range(5, 12))
+    save = tmp_path / "m"
+    first = read_csv_manifest(fsdd_prepare.prepare_fsdd(data, save, heldout_indices=2)["train"])
+    with caplog.at_level("INFO"):
+        fsdd_prepare.prepare_fsdd(data, save, heldout_indices=2)
+    assert "are complete, skipping preparation" in caplog.text
+    (data / "recordings" / "0_ann_11.wav").unlink()
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        again = read_csv_manifest(fsdd_prepare.prepare_fsdd(data, save, heldout_indices=2)["train"])
+    assert "prepared from other options or input files" in caplog.text
+    assert len(again) == len(first) - 1
+    longer = np.random.default_rng(1).standard_normal(1600) * 0.1  # an edited recording
+    sf.write(data / "recordings" / "1_bob_10.wav", longer, 8000)
+    edited = read_csv_manifest(fsdd_prepare.prepare_fsdd(data, save, heldout_indices=2)["train"])
+    row = next(r for r in edited if r["ID"] == "1_bob_10")
+    assert float(row["duration"]) == pytest.approx(0.2)
