@@ -81,7 +81,16 @@ def prepare_pretrained(
     `sample_rate` (the recipe's) must be the feature extractor's. Every mode of a
     recipe starts from this one folder, so their initial weights are identical.
     """
+    made_from = {
+        "source_hub": os.path.abspath(hub) if hub and os.path.isdir(hub) else hub,
+        "source_config": config if hub is None else None,
+        "source_overrides": overrides,
+        "feature_extractor": feature_extractor,
+        "task": task_identity(task, exclude=("freeze_feature_encoder",)),  # a training choice
+    }
+    record = os.path.join(folder, MADE_FROM_FILE)
     if os.path.isfile(os.path.join(folder, "config.json")):
+        check_made_from(record, made_from, f"the starting model in {folder}")
         return folder
     overrides = dict(overrides or {})
     if hasattr(task, "vocab"):
@@ -104,8 +113,71 @@ def prepare_pretrained(
             )
         speech_input.attach_feature_extractor(model, extractor)
     task.save(folder, model, task.make_heads(model.config))
+    write_made_from(record, made_from)
     logger.info("Starting transformer written to %s", folder)
     return folder
+
+
+MADE_FROM_FILE = "cald_made_from.json"  # what made a starting model or a run's checkpoints
+
+
+def task_identity(task, exclude=()):
+    """The task's class and plain settings (vocabulary, head sizes, ...; not those in
+    `exclude`): a changed one would not fit the saved heads."""
+    plain = (str, int, float, bool, list, tuple, dict, type(None))
+    settings = {
+        k: v for k, v in sorted(vars(task).items()) if isinstance(v, plain) and k not in exclude
+    }
+    return {"class": type(task).__name__, **settings}
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def write_made_from(path, made_from):
+    """Record what made the folder of `path` (JSON)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(_as_json(made_from), f, indent=2, sort_keys=True)
+
+
+def check_made_from(path, made_from, what):
+    """ValueError naming each setting that differs from the record at `path` (none
+    there: an older folder, accepted as it is)."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        recorded = json.load(f)
+    wanted = _as_json(made_from)
+    changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    if changed:
+        detail = "; ".join(f"{k}: was {recorded.get(k)!r}, now {wanted.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"{what} was made with other settings ({detail}); give this run another "
+            "output_root (or run_name / seed), or delete that folder to start again"
+        )
+
+
+def check_run_checkpoints(hparams):
+    """The run's checkpoints were made by this model: the same source, task, mode,
+    hybrid switch and student (a resumed run with a changed model would load the old
+    one or fail as if the checkpoints were damaged). Records it for the next run."""
+    mode = hparams.get("mode")
+    student = hparams.get("student_config") if mode != "std" else None
+    made_from = {
+        "mode": mode,
+        "hybrid_switch_step": hparams.get("hybrid_switch_step"),
+        "student": student.to_dict() if hasattr(student, "to_dict") else student,
+        "source": _as_json(
+            {k: hparams.get(k) for k in ("source_hub", "source_config", "source_overrides")}
+        ),
+        "task": task_identity(hparams["task"]),
+    }
+    path, save = os.path.join(hparams["output_folder"], MADE_FROM_FILE), hparams["save_folder"]
+    if os.path.isdir(save) and any(name.startswith("CKPT") for name in os.listdir(save)):
+        check_made_from(path, made_from, f"the checkpoints in {save}")
+    if sb.utils.distributed.if_main_process():
+        write_made_from(path, made_from)
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -422,6 +494,7 @@ def main(prepare, make_datasets, argv=None):
 def _run_recipe(prepare, make_datasets, argv):
     hparams, run_opts, record = load_experiment(argv)
     with output_folder_lock(hparams["output_folder"]):
+        check_run_checkpoints(hparams)
         write_experiment(hparams, run_opts, record)
         sb.utils.distributed.run_on_main(
             prepare,

@@ -282,3 +282,41 @@ def test_checkpoint_leftovers_are_removed_and_deletion_is_atomic(tmp_path, caplo
     assert ckpt.recover_if_possible().path == newer.path
     verify_integrity(newer.path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [newer.path.name]
+
+
+def test_a_changed_model_under_the_same_run_is_one_named_error(tmp_path):
+    """The starting model and a run's checkpoints are keyed by what made them: a
+    resumed run with another width, source, mode or student is refused naming the
+    setting (before: the old model kept silently, or 'damaged' checkpoints)."""
+    from speechbrain_cald.conversion import StudentConfig
+
+    tiny = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 32, "conv_dim": (8, 8), "conv_stride": (5, 4),
+            "conv_kernel": (10, 8), "num_conv_pos_embeddings": 4,
+            "num_conv_pos_embedding_groups": 2}  # fmt: skip
+    task = CTCASR(["<blank>", "|", "a", "b"])
+    folder = tmp_path / "pretrained"
+    experiment.prepare_pretrained(task, folder, config=tiny)
+    experiment.prepare_pretrained(task, folder, config=tiny)  # the same: reused
+    with pytest.raises(ValueError, match=r"source_config: was .*'hidden_size': 16.*now .*32"):
+        experiment.prepare_pretrained(task, folder, config={**tiny, "hidden_size": 32})
+
+    def hparams(**changes):
+        base = {"mode": "target", "hybrid_switch_step": None, "source_hub": None,
+                "source_config": tiny, "source_overrides": {}, "task": task,
+                "student_config": StudentConfig(mixer_config={"d_state": 8}),
+                "output_folder": str(tmp_path / "run"),
+                "save_folder": str(tmp_path / "run" / "save")}  # fmt: skip
+        return {**base, **changes}
+
+    os.makedirs(tmp_path / "run")
+    experiment.check_run_checkpoints(hparams())
+    experiment.check_run_checkpoints(hparams(mode="src_init"))  # no checkpoint yet: free
+    os.makedirs(tmp_path / "run" / "save" / "CKPT+2026-12-04+00-00-00+00")
+    experiment.check_run_checkpoints(hparams(mode="src_init"))
+    with pytest.raises(ValueError, match=r"checkpoints in .* \(mode: was 'src_init', now 'target'"):
+        experiment.check_run_checkpoints(hparams())
+    with pytest.raises(ValueError, match=r"student: was .*'d_state': 8.*now .*'d_state': 16"):
+        experiment.check_run_checkpoints(
+            hparams(mode="src_init", student_config=StudentConfig(mixer_config={"d_state": 16}))
+        )
