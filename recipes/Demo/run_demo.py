@@ -180,19 +180,21 @@ def encoder_seconds(classifier, wav, repeats=2):
 
 def training_prediction(run_dir, wav_path):
     """Speaker predicted for one file by the training code's path (Task.load of the
-    best model, the recipe's audio pipeline, Task.forward), as a label string."""
+    best model, the recipe's audio pipeline, Task.forward), as a label string; like the
+    interface, among the labels seen in training (not the head's padding outputs)."""
     task = UtteranceClassification({"speaker": workflow.SPEAKERS})
     model, heads = task.load(os.path.join(run_dir, "best_model"))
     model.eval()
     signal = speech_data.audio_pipeline()(wav_path)
     batch = PaddedBatch([{"id": "probe", "sig": signal}])
     with torch.no_grad():
-        index = int(task.forward(model, batch, None, heads).logits["speaker"].argmax(-1))
+        logits = task.forward(model, batch, None, heads).logits["speaker"]
     encoder = CategoricalEncoder()
     encoder.load(speech_data.label_encoder_file(os.path.join(run_dir, "save"), "speaker"))
     encoder.ignore_len()  # the head may have more outputs than labels seen: as the export,
     padded = padded_label_encoder(encoder, workflow.SPEAKERS)  # <unused_i> past the labels
     padded.expect_len(workflow.SPEAKERS)
+    index = int(inference.without_padding_slots(logits, padded).argmax(-1))
     return padded.decode_ndim(index)
 
 
