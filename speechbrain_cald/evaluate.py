@@ -10,9 +10,10 @@ interfaces, which read audio as training does. The manifest is a SpeechBrain CSV
 classifiers, by default the head's name). Results go to a new folder,
 `<run>/evaluations/<name>/` (or `--out`): `metrics.json` (the task's metrics as the
 test stage computes them, the manifest, the model folder, the row count) and
-per-utterance details. Nothing of the run is written: an existing results folder, a
-name that is not a plain folder name, or an `--out` inside the model's folders is
-refused. User errors are one line and exit status 2.
+per-utterance details, written whole or not at all (a bad audio file stops it with
+an error naming the file, and leaves no folder). Nothing of the run is written: an
+existing results folder, a name that is not a plain folder name, or an `--out` inside
+the model's folders is refused. User errors are one line and exit status 2.
 """
 
 import argparse
@@ -25,6 +26,7 @@ import torch
 
 from speechbrain_cald import inference
 from speechbrain_cald.dataprep import read_csv_manifest
+from speechbrain_cald.exports import atomic_folder
 from speechbrain_cald.tasks import asr_error_stats
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -142,20 +144,20 @@ def evaluate(path, manifest, name, batch_size=8, device="cpu", out=None, label_p
         rows = read_rows(manifest, list(columns.values()))
     else:
         raise ValueError(f"{model}: a {type(interface).__name__} folder; evaluate takes speech")
-    os.makedirs(folder)
-    with torch.no_grad():
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with atomic_folder(folder) as partial, torch.no_grad():  # whole, or nothing on error
         if isinstance(interface, inference.ASR):
-            metrics = evaluate_asr(interface, rows, batch_size, folder)
+            metrics = evaluate_asr(interface, rows, batch_size, partial)
         else:
-            metrics = evaluate_classifier(interface, rows, batch_size, folder, columns)
-    record = {
-        **metrics,
-        "rows": len(rows),
-        "manifest": os.path.abspath(manifest),
-        "model": os.path.abspath(model),
-    }
-    with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
+            metrics = evaluate_classifier(interface, rows, batch_size, partial, columns)
+        record = {
+            **metrics,
+            "rows": len(rows),
+            "manifest": os.path.abspath(manifest),
+            "model": os.path.abspath(model),
+        }
+        with open(os.path.join(partial, "metrics.json"), "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
     return record
 
 

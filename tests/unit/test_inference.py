@@ -1,5 +1,6 @@
 """Export -> reload (fresh process) of CALD speech models, bad audio, chunked CNN."""
 
+import json
 import os
 import subprocess
 import sys
@@ -415,3 +416,27 @@ def test_cli_reports_a_file_too_short_for_the_model_and_goes_on(tmp_path, asr_fo
     assert out.startswith(f"{good}\t")
     too_short = "utterance 0: 100 samples are too short for this model"
     assert err.startswith(f"error: {short}: {too_short}") and err.count("\n") == 1
+
+
+def test_evaluate_on_a_manifest_with_a_bad_file_leaves_no_results(tmp_path, asr_folder, capsys):
+    """speechbrain_cald.evaluate: a missing audio file is one line naming it (status 2)
+    and no results folder is left; a good manifest writes metrics.json once, and the
+    same name again is refused."""
+    from speechbrain_cald import evaluate
+
+    good = tmp_path / "good.wav"
+    soundfile.write(good, np.random.default_rng(0).normal(0, 0.1, 16000), 16000)
+    manifest = tmp_path / "test.csv"
+    rows = f"ID,duration,wav,wrd\na,1.0,{good},ab\nb,1.0,{tmp_path / 'gone.wav'},ab\n"
+    manifest.write_text(rows)
+    out = tmp_path / "results" / "other"
+    argv = [str(asr_folder), str(manifest), "--name", "other", "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(argv)
+    assert exit_info.value.code == 2 and "gone.wav" in capsys.readouterr().err
+    assert not out.exists() and os.listdir(tmp_path / "results") == []
+    manifest.write_text(rows.splitlines()[0] + "\n" + rows.splitlines()[1] + "\n")
+    assert evaluate.main(argv) == 0
+    assert json.loads((out / "metrics.json").read_text())["rows"] == 1
+    with pytest.raises(SystemExit):
+        evaluate.main(argv)
