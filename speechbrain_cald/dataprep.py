@@ -78,11 +78,16 @@ def read_text(path) -> str:
         ) from None
 
 
-def csv_rows(path, **reader_options):
-    """A csv.reader over `read_text(path)`, fields of any length (a long review or
-    transcript is no error)."""
+def csv_text(path) -> io.StringIO:
+    """`read_text(path)` as a stream for the csv module, fields of any length allowed
+    (a long review or transcript is no error)."""
     csv.field_size_limit(2**31 - 1)
-    return csv.reader(io.StringIO(read_text(path), newline=""), **reader_options)
+    return io.StringIO(read_text(path), newline="")
+
+
+def csv_rows(path, **reader_options):
+    """A csv.reader over `csv_text(path)`."""
+    return csv.reader(csv_text(path), **reader_options)
 
 
 def iter_lines(path) -> Iterator[tuple[int, str]]:
@@ -134,8 +139,7 @@ def manifest_paths(hparams, extension="csv"):
 
 def read_csv_manifest(path) -> list[dict]:
     """Read a manifest back as a list of dicts (all values as strings)."""
-    csv.field_size_limit(2**31 - 1)
-    return list(csv.DictReader(io.StringIO(read_text(path), newline="")))
+    return list(csv.DictReader(csv_text(path)))
 
 
 def _manifest_ok(path, expected_rows: int, check_wavs: bool) -> bool:
@@ -435,8 +439,7 @@ def load_manifest(
     screening = Screening(path, bad_data)
     required = list(dict.fromkeys([*MANIFEST_HEAD, *(c for ch in checks for c in ch.columns)]))
     data = {}
-    csv.field_size_limit(2**31 - 1)
-    with io.StringIO(read_text(path), newline="") as f:
+    with csv_text(path) as f:
         reader = csv.DictReader(f)
         absent = [c for c in required if c not in (reader.fieldnames or [])]
         if absent:

@@ -3,8 +3,8 @@
     python -m speechbrain_cald.evaluate <run folder | inference folder> <manifest.csv> \\
         --name <name> [--batch-size 8] [--device cpu] [--label-column head=column]
 
-The model is the run's exported inference folder (`<run>/inference`: its best dev
-checkpoint, as `experiment.run` tested and exported it), loaded through the inference
+The model is the run's exported inference folder (`<run>/inference`: the checkpoint
+its test stage tested and exported, `test_checkpoint`), loaded through the inference
 interfaces, which read audio as training does. The manifest is a SpeechBrain CSV
 (`ID,duration,wav` and the references: `wrd` for ASR, one label column per head for
 classifiers, by default the head's name). Results go to a new folder,
@@ -23,6 +23,7 @@ import re
 import sys
 
 import torch
+from speechbrain.utils.data_utils import batch_pad_right
 
 from speechbrain_cald import inference
 from speechbrain_cald.dataprep import read_csv_manifest
@@ -76,12 +77,8 @@ def batches(interface, rows, batch_size):
     """(rows, padded waveforms, relative lengths), in manifest order."""
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        wavs = [interface.load_audio(row["wav"]) for row in chunk]
-        lengths = torch.tensor([len(w) for w in wavs], dtype=torch.float)
-        padded = torch.zeros(len(wavs), int(lengths.max()), device=wavs[0].device)
-        for i, wav in enumerate(wavs):
-            padded[i, : len(wav)] = wav
-        yield chunk, padded, (lengths / lengths.max()).to(padded.device)
+        padded, lengths = batch_pad_right([interface.load_audio(row["wav"]) for row in chunk])
+        yield chunk, padded, lengths.to(padded.device)
 
 
 def evaluate_asr(interface, rows, batch_size, folder):

@@ -82,9 +82,7 @@ def prepare_pretrained(
     recipe starts from this one folder, so their initial weights are identical.
     """
     made_from = {
-        "source_hub": os.path.abspath(hub) if hub and os.path.isdir(hub) else hub,
-        "source_config": config if hub is None else None,
-        "source_overrides": overrides,
+        **source_identity(hub, config, overrides),
         "feature_extractor": feature_extractor,
         "task": task_identity(task, exclude=("freeze_feature_encoder",)),  # a training choice
     }
@@ -119,6 +117,16 @@ def prepare_pretrained(
 
 
 MADE_FROM_FILE = "cald_made_from.json"  # what made a starting model or a run's checkpoints
+
+
+def source_identity(hub, config, overrides):
+    """The source a starting model is made from: hub id or folder (absolute), the
+    config of a model built from one (no hub), the config overrides."""
+    return {
+        "source_hub": os.path.abspath(hub) if hub and os.path.isdir(hub) else hub,
+        "source_config": config if hub is None else None,
+        "source_overrides": overrides,
+    }
 
 
 def task_identity(task, exclude=()):
@@ -168,8 +176,8 @@ def check_run_checkpoints(hparams):
         "mode": mode,
         "hybrid_switch_step": hparams.get("hybrid_switch_step"),
         "student": student.to_dict() if hasattr(student, "to_dict") else student,
-        "source": _as_json(
-            {k: hparams.get(k) for k in ("source_hub", "source_config", "source_overrides")}
+        "source": source_identity(
+            hparams.get("source_hub"), hparams.get("source_config"), hparams.get("source_overrides")
         ),
         "task": task_identity(hparams["task"]),
     }
@@ -250,6 +258,7 @@ def run(hparams, run_opts, datasets):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
+    test_keys = tested_checkpoint(brain, hparams)  # a bad setting fails before training
     batch_sampler = train_batch_sampler(datasets["train"], hparams)
     brain.train_sampler = batch_sampler  # receives set_epoch from Brain.fit
     eval_kwargs = {"batch_size": hparams["eval_batch_size"], "num_workers": 0}
@@ -266,9 +275,7 @@ def run(hparams, run_opts, datasets):
         },
         valid_loader_kwargs=eval_kwargs,
     )
-    brain.evaluate(
-        datasets["test"], test_loader_kwargs=eval_kwargs, **tested_checkpoint(brain, hparams)
-    )
+    brain.evaluate(datasets["test"], test_loader_kwargs=eval_kwargs, **test_keys)
     stats = {**brain.last_stage_stats, "step": brain.optimizer_step}
     write_test_files(brain, hparams["output_folder"], stats)
     brain.export(hparams["export_folder"])

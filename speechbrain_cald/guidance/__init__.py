@@ -85,15 +85,15 @@ def from_mode(
 ):
     """The strategy for `mode`, so that a recipe switches modes by overriding keys.
 
-        mode: one of MODES. std saves waypoints into `waypoint_folder` (every
-        `waypoint_every` steps); waypoint reads them from there. target / src_init read
-        the std export in `teacher_folder`; trajectory fine-tunes its teacher with
-        `trajectory_opt_class` and `trajectory_lr_scheduler` every
-        `trajectory_update_every` steps, clipped to `trajectory_max_grad_norm`, its parameter
-    roles at `trajectory_lr_groups` ({role: lr}; others at `trajectory_lr`). A set
-        `hybrid_switch_step` wraps the (guided) mode in Hybrid; it must fall inside the
-        run (1 <= step < `max_steps` when given), or the "hybrid" run would be the
-        plain guided mode or no guidance at all.
+    mode: one of MODES. std saves waypoints into `waypoint_folder` (every
+    `waypoint_every` steps); waypoint reads them from there. target / src_init read
+    the std export in `teacher_folder`; trajectory fine-tunes its teacher with
+    `trajectory_opt_class` and `trajectory_lr_scheduler` every
+    `trajectory_update_every` steps, clipped to `trajectory_max_grad_norm`, its
+    parameter roles at `trajectory_lr_groups` ({role: lr}; others at `trajectory_lr`).
+    A set `hybrid_switch_step` wraps the (guided) mode in Hybrid; it must fall inside
+    the run (1 <= step < `max_steps` when given), or the "hybrid" run would be the
+    plain guided mode or no guidance at all.
     """
     if mode not in MODES:
         raise ValueError(f"unknown guidance mode {mode!r}; use one of {MODES}")

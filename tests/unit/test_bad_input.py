@@ -320,3 +320,8 @@ def test_a_changed_model_under_the_same_run_is_one_named_error(tmp_path):
         experiment.check_run_checkpoints(
             hparams(mode="src_init", student_config=StudentConfig(mixer_config={"d_state": 16}))
         )
+
+
+def test_an_unknown_test_checkpoint_is_named_before_training():
+    with pytest.raises(ValueError, match="test_checkpoint: 'best_on_test', not one of"):
+        experiment.tested_checkpoint(None, {"test_checkpoint": "best_on_test"})

@@ -149,8 +149,8 @@ def prepare_slurp(data_folder, save_folder, skip_prep=False, sample_rate=16000):
     """Prepare SLURP manifests `train.csv` (real + synthetic), `dev.csv`, `test.csv`
     in `save_folder` from the SLURP root `data_folder` (see the module docstring for
     the layouts read); recordings at any rate are resampled to `sample_rate` when read
-    (recorded only here). Nothing is done
-    with `skip_prep`. Returns `{split: manifest path}`.
+    (recorded only here). Nothing is done with `skip_prep`. Returns `{split: manifest
+    path}`.
     """
     jsonl_dir, audio = find_layout(data_folder)
     names = [f"{j}.jsonl" for v in SPLITS.values() for j, _ in v]

@@ -35,7 +35,7 @@ from speechbrain_cald.dataprep import (
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
-END_TOLERANCE = 0.05  # s an STM segment may end past its talk's audio; later: bad data (skipped)
+END_TOLERANCE = 0.05  # seconds a segment may end past its talk's audio; beyond: skipped
 IGNORE = "ignore_time_segment_in_scoring"
 LAYOUT = """  <data_folder>/legacy/{train,dev,test}/sph/<talk>.sph
   <data_folder>/legacy/{train,dev,test}/stm/<talk>.stm"""
