@@ -1,18 +1,23 @@
 """Exported inference folders and `speechbrain.inference` interfaces for CALD models.
 
 `export_inference_folder` writes a self-contained folder (no hub access needed to
-load it): ``hyperparams.yaml`` (the model rebuilt from its HF config, embedded in the
-file, + ``modules`` + ``pretrainer``), ``encoder.ckpt`` (the model's ``state_dict``,
-read back with ``torch.load(weights_only=True)``), ``heads.ckpt`` and one label
-encoder file per head, ``tokenizer.ckpt`` (CTC vocabulary for ASR, tokenizer.json for
-text). Text models are written as ``model.ckpt`` (module ``model``). Every recipe run
-ends by writing one for its best model (`speechbrain_cald.experiment.export_inference`,
+load it): ``encoder.ckpt`` (the model's weights, safetensors), ``heads.ckpt`` and one
+label encoder file per head, ``tokenizer.ckpt`` (CTC vocabulary for ASR,
+tokenizer.json for text); text models are written as ``model.ckpt`` (module
+``model``). Two descriptions of the same parts (`Part`) sit beside them:
+``cald_inference.json`` (plain data + the SHA-256 of every file; `exports`) and
+``hyperparams.yaml`` (the HyperPyYAML stock SpeechBrain reads). Every recipe run ends
+by writing one for its best model (`speechbrain_cald.experiment.export_inference`,
 ``<output_folder>/inference``).
 
-Load it with `load_inference_folder` or ``<Interface>.from_hparams(source=folder,
-savedir=...)``: ASR (the stock ``speechbrain.inference.ASR.EncoderASR`` loads an ASR
-folder too; the subclass only adds the audio checks), SpeechClassifier (intent,
-speaker; embeddings), TextClassifier, TextGenerator.
+Loading executes nothing from the folder by default: `load_inference_folder(folder)`
+and ``<Interface>.from_hparams(source=folder)`` read the JSON, build the parts this
+module names for its interface, and load safetensors only; a changed, missing or
+foreign file is refused with one line. The YAML (which can name any importable
+callable: ``!apply:``, ``!new:``) runs only on request: ``trust_yaml=True``, or the stock
+``speechbrain.inference.ASR.EncoderASR.from_hparams``, which loads an ASR folder too.
+Interfaces: ASR, SpeechClassifier (intent, speaker; embeddings), TextClassifier,
+TextGenerator.
 
 Audio reaches the model exactly as in training: files are read by
 `speechbrain_cald.audio` (also the folder's ``audio_normalizer``, so stock SpeechBrain
@@ -23,9 +28,12 @@ working memory is one chunk's; the converted (linear) encoder then runs on the w
 sequence in one pass.
 """
 
+import functools
+import importlib
 import logging
 import os
 import tempfile
+from dataclasses import dataclass, field
 
 import torch
 import transformers
@@ -35,7 +43,15 @@ from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_
 
 from speechbrain_cald import conversion, hyperyaml
 from speechbrain_cald.audio import SILENCE_PEAK, read_audio
-from speechbrain_cald.exports import atomic_folder, load_weights_strict, padding_slots
+from speechbrain_cald.exports import (
+    SAFE_CONFIG,
+    atomic_folder,
+    load_weights_strict,
+    padding_slots,
+    read_safe_config,
+    save_weights,
+    write_safe_config,
+)
 from speechbrain_cald.feature_encoder import CHUNK_FRAMES
 from speechbrain_cald.masks import lengths_to_mask, masked_mean
 from speechbrain_cald.models import model_class
@@ -47,11 +63,132 @@ HPARAMS_FILE = "hyperparams.yaml"
 
 
 def _hf_model_from_config(config_dict):
-    """Random-weight HF model (student or plain transformer) from a config dict."""
+    """Random-weight HF model (student or plain transformer) from a config dict; its
+    class must be an HF model class (`models.model_class`), nothing else is called."""
     config = transformers.CONFIG_MAPPING[config_dict["model_type"]].from_dict(config_dict)
+    cls = model_class(config.architectures[0])
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ValueError(f"architectures[0] = {config.architectures[0]!r} is not an HF model")
     if getattr(config, "cald_student", None):
         return conversion.build_student_from_config(config)
-    return model_class(config.architectures[0])(config)
+    return cls(config)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One entry of an exported folder's hparams, described once and rendered both as
+    HyperPyYAML (`_yaml_entries`) and as Python objects (`_built_parts`).
+
+    key: the hparams key ("a/b": entry b of the dict a); kind: "new" (an instance),
+    "apply" (the callable's result) or "name" (the callable with `kwargs` bound);
+    target: the dotted name of the callable, always from this module's code, never
+    from the folder; file: the stem of the folder's ``<file>.ckpt`` loaded into it.
+    """
+
+    key: str
+    kind: str
+    target: str
+    kwargs: dict = field(default_factory=dict)
+    file: str | None = None
+
+
+def _model_parts(model):
+    """The parts every folder has: the model (+ the audio reader for speech), from the
+    `model` entry of its description (config, output, sample_rate, chunk_frames)."""
+    if not model["output"]:
+        return [Part("model", "new", f"{__name__}.TextModel", {"config": model["config"]}, "model")]
+    return [
+        Part(
+            "audio_normalizer",
+            "new",
+            "speechbrain_cald.audio.AudioReader",
+            {"sample_rate": model["sample_rate"]},
+        ),
+        Part(
+            "encoder",
+            "new",
+            f"{__name__}.SpeechEncoder",
+            file="encoder",
+            kwargs={
+                "output": model["output"],
+                "chunk_frames": model["chunk_frames"],
+                "config": model["config"],
+            },
+        ),
+    ]
+
+
+def _parts(description):
+    """Every part of a folder: the model's, then its interface's (`<Interface>.parts`)."""
+    interface = INTERFACES[description["interface"]]
+    return _model_parts(description["model"]) + interface.parts(description["settings"])
+
+
+def _set(entries, key, value):
+    outer, _, inner = key.partition("/")
+    if inner:
+        entries.setdefault(outer, {})[inner] = value
+    else:
+        entries[outer] = value
+
+
+def _yaml_entries(parts):
+    """(hyperparams entries, Pretrainer loadables {file stem: hparams path})."""
+    entries, loadables = {}, {}
+    for part in parts:
+        _set(entries, part.key, getattr(hyperyaml, part.kind)(part.target, **part.kwargs))
+        if part.file:
+            outer, _, inner = part.key.partition("/")
+            loadables[part.file] = f"{outer}[{inner}]" if inner else outer
+    return entries, loadables
+
+
+def _built_parts(parts, folder, listed):
+    """The hparams dict of `parts`, each file loaded from `folder`: weights strictly and
+    from safetensors only, text files through their own loaders. Every file read must
+    be in `listed` (the files the description vouches for)."""
+    hparams = {}
+    for part in parts:
+        module, _, attribute = part.target.rpartition(".")
+        target = getattr(importlib.import_module(module), attribute)
+        value = (
+            functools.partial(target, **part.kwargs)
+            if part.kind == "name"
+            else target(**part.kwargs)
+        )
+        if part.file:
+            name = f"{part.file}.ckpt"
+            if name not in listed:
+                raise ValueError(f"{folder}: {name} is not listed in {SAFE_CONFIG}; refused")
+            path = os.path.join(folder, name)
+            if isinstance(value, torch.nn.Module):
+                load_weights_strict(value, path)
+            else:
+                value.load(path)
+        _set(hparams, part.key, value)
+    return hparams
+
+
+def load_exported(folder, device="cpu"):
+    """The interface an exported folder was written for, built without executing
+    anything from the folder: its ``cald_inference.json`` is checked (format, keys,
+    every file's SHA-256; `exports.read_safe_config`), the parts are those this module
+    names for the interface, weights load from safetensors only. Anything wrong is a
+    one-line ValueError naming the folder or file."""
+    description = read_safe_config(folder)
+    name = description["interface"]
+    if name not in INTERFACES:
+        raise ValueError(f"{folder}: interface {name!r} is not one of {sorted(INTERFACES)}")
+    try:
+        hparams = _built_parts(_parts(description), folder, description["files"])
+    except (TypeError, KeyError, AttributeError) as err:
+        raise ValueError(
+            f"{folder}/{SAFE_CONFIG} describes no model this package builds "
+            f"({type(err).__name__}: {err}); refused"
+        ) from None
+    interface = INTERFACES[name]
+    modules = {key: hparams[key] for key in interface.MODULES_NEEDED}
+    return interface(modules=modules, hparams=hparams, run_opts={"device": device})
 
 
 def without_padding_slots(logits, encoder):
@@ -90,7 +227,7 @@ class SpeechEncoder(torch.nn.Module):
 
     @mark_as_transfer
     def _load_exported(self, path):
-        load_weights_strict(self, path)
+        load_weights_strict(self, path, allow_pickle=True)  # the trusted YAML path
 
 
 SOURCE_MARKER = "cald_source.txt"  # in a savedir: the folder its links point to
@@ -139,10 +276,25 @@ def claim_savedir(source, savedir):
 
 
 class CheckedSavedirMixin:
-    """`from_hparams` that never reuses a savedir of another model (`claim_savedir`)."""
+    """`from_hparams` that executes nothing from the folder unless asked.
+
+    A local folder this package exported loads through `load_exported` (savedir
+    unused: nothing is linked). ``trust_yaml=True`` runs SpeechBrain's own loading of
+    its hyperparams.yaml (hub ids, other folders), in a savedir that never holds
+    another model's links (`claim_savedir`)."""
 
     @classmethod
-    def from_hparams(cls, source, hparams_file=HPARAMS_FILE, savedir=None, **kwargs):
+    def from_hparams(
+        cls, source, hparams_file=HPARAMS_FILE, savedir=None, trust_yaml=False, **kwargs
+    ):
+        if not trust_yaml:
+            device = (kwargs.get("run_opts") or {}).get("device", "cpu")
+            interface = load_exported(str(source), device)
+            if not isinstance(interface, cls):
+                raise ValueError(
+                    f"{source} is a {type(interface).__name__} folder, not {cls.__name__}"
+                )
+            return interface
         claim_savedir(source, savedir)
         return super().from_hparams(source, hparams_file=hparams_file, savedir=savedir, **kwargs)
 
@@ -169,6 +321,19 @@ class ASR(CheckedAudioMixin, EncoderASR):
         super().__init__(*args, **kwargs)
         self.tokenizer.expect_len(self.mods.encoder.model.config.vocab_size)
 
+    @staticmethod
+    def parts(settings):
+        """The CTC vocabulary and greedy decoding; settings: {"blank_index"}."""
+        return [
+            Part("tokenizer", "new", "speechbrain.dataio.encoder.CTCTextEncoder", file="tokenizer"),
+            Part(
+                "decoding_function",
+                "name",
+                "speechbrain.decoders.ctc_greedy_decode",
+                {"blank_id": int(settings["blank_index"])},
+            ),
+        ]
+
 
 class SpeechClassifier(CheckedAudioMixin, Pretrained):
     """Utterance classification (intent, speaker) with one or more heads, and
@@ -181,6 +346,25 @@ class SpeechClassifier(CheckedAudioMixin, Pretrained):
         super().__init__(*args, **kwargs)
         for head, encoder in self.hparams.label_encoders.items():
             encoder.expect_len(self.mods.heads[head].out_features)
+
+    @staticmethod
+    def parts(settings):
+        """The heads and one label encoder per head; settings: {"head_sizes", "hidden_size"}."""
+        sizes = {str(k): int(v) for k, v in settings["head_sizes"].items()}
+        categorical = "speechbrain.dataio.encoder.CategoricalEncoder"
+        return [
+            Part(
+                "heads",
+                "apply",
+                "speechbrain_cald.tasks.classification_heads",
+                {"head_sizes": sizes, "hidden_size": int(settings["hidden_size"])},
+                "heads",
+            ),
+            *(
+                Part(f"label_encoders/{k}", "new", categorical, file=f"label_encoder_{k}")
+                for k in sizes
+            ),
+        ]
 
     def encode_batch(self, wavs, wav_lens=None):
         """(batch, samples) waveforms -> (batch, hidden) pooled last hidden state."""
@@ -219,6 +403,19 @@ class SpeechClassifier(CheckedAudioMixin, Pretrained):
         ]
 
 
+def _tokenizer_parts(settings):
+    """A text folder's tokenizer (tokenizer.json); settings: {"pad_id"}."""
+    return [
+        Part(
+            "tokenizer",
+            "new",
+            "speechbrain_cald.text_data.TextTokenizer",
+            {"pad_id": int(settings["pad_id"])},
+            "tokenizer",
+        )
+    ]
+
+
 @register_checkpoint_hooks
 class TextModel(torch.nn.Module):
     """HF text model for inference: (ids, relative lengths) -> logits (no KV cache)."""
@@ -233,7 +430,7 @@ class TextModel(torch.nn.Module):
 
     @mark_as_transfer
     def _load_exported(self, path):
-        load_weights_strict(self, path)
+        load_weights_strict(self, path, allow_pickle=True)  # the trusted YAML path
 
 
 class TextClassifier(CheckedSavedirMixin, Pretrained):
@@ -246,6 +443,15 @@ class TextClassifier(CheckedSavedirMixin, Pretrained):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.hparams.label_encoder.expect_len(self.mods.model.model.config.num_labels)
+
+    @staticmethod
+    def parts(settings):
+        """The tokenizer and the label encoder; settings: {"pad_id"}."""
+        categorical = "speechbrain.dataio.encoder.CategoricalEncoder"
+        return [
+            *_tokenizer_parts(settings),
+            Part("label_encoder", "new", categorical, file="label_encoder"),
+        ]
 
     def classify_text(self, texts):
         """One string or a list of strings."""
@@ -264,6 +470,11 @@ class TextGenerator(CheckedSavedirMixin, Pretrained):
 
     MODULES_NEEDED = ["model"]
     HPARAMS_NEEDED = ["tokenizer"]
+
+    @staticmethod
+    def parts(settings):
+        """The tokenizer; settings: {"pad_id"}."""
+        return _tokenizer_parts(settings)
 
     def generate(self, prompts, max_new_tokens=20, eos_id=None, **generate_kwargs):
         """Continuations of one prompt (str -> str) or a batch (list -> list), left-padded
@@ -338,32 +549,26 @@ def _write_inference_folder(
     """The files of `export_inference_folder`, written into `folder`."""
     export = task.export_inference(folder, model, heads, label_encoders, tokenizer)
     config = {**model.config.to_dict(), "architectures": [type(model).__name__]}
-    if export.output:  # speech: waveforms in, through the audio path of training
-        module = "encoder"
-        entries = {
-            "sample_rate": sample_rate,
-            "audio_normalizer": hyperyaml.new(
-                "speechbrain_cald.audio.AudioReader", sample_rate=hyperyaml.ref("sample_rate")
-            ),
-            module: hyperyaml.new(
-                "speechbrain_cald.inference.SpeechEncoder",
-                output=export.output,
-                chunk_frames=chunk_frames,
-                config=config,
-            ),
-        }
-    else:
-        module = "model"
-        entries = {module: hyperyaml.new("speechbrain_cald.inference.TextModel", config=config)}
+    speech = bool(export.output)  # speech: waveforms in, through the audio path of training
+    description = {
+        "interface": export.interface,
+        "model": {
+            "config": config,
+            "output": export.output,
+            "sample_rate": sample_rate if speech else None,
+            "chunk_frames": chunk_frames if speech else None,
+        },
+        "settings": export.settings,
+    }
     # The wrapper holds the HF model as `.model`; the Pretrainer reads <name>.ckpt.
+    module = "encoder" if speech else "model"
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save(state, os.path.join(folder, f"{module}.ckpt"))
-    modules = [module, *export.modules]
-    loadables = {module: module, **export.loadables}
+    save_weights(state, os.path.join(folder, f"{module}.ckpt"))
+    entries, loadables = _yaml_entries(_parts(description))
+    modules = INTERFACES[export.interface].MODULES_NEEDED
     document = {
         "interface": export.interface,
         **entries,
-        **export.entries,
         "modules": {m: hyperyaml.ref(m) for m in modules},
         "pretrainer": hyperyaml.new(
             "speechbrain.utils.parameter_transfer.Pretrainer",
@@ -374,22 +579,30 @@ def _write_inference_folder(
         document,
         os.path.join(folder, HPARAMS_FILE),
         header="Exported by speechbrain_cald.inference.export_inference_folder; "
-        "`interface` names the speechbrain_cald.inference class that loads it",
+        "`interface` names the speechbrain_cald.inference class that loads it. "
+        f"Loading this file runs what it names: {SAFE_CONFIG} loads the same model "
+        "without executing anything",
     )
+    write_safe_config(folder, description)
 
 
-def load_inference_folder(folder, savedir=None, device="cpu"):
+def load_inference_folder(folder, savedir=None, device="cpu", trust_yaml=False):
     """The interface (ASR, SpeechClassifier, ...) an exported folder was written for.
 
-    ValueError naming the folder when it is missing, not a folder, or its
-    hyperparams.yaml names no known interface; the device must exist. `savedir`
-    (default: a new temporary folder) receives SpeechBrain's links to the files;
-    nothing is written into `folder`.
+    By default nothing from the folder is executed (`load_exported`). ``trust_yaml=True``
+    loads its hyperparams.yaml through SpeechBrain instead, linking the files into
+    `savedir` (default: a new temporary folder; nothing is written into `folder`).
+    ValueError naming the folder when it is missing, not a folder, refused, or names
+    no known interface; the device must exist.
     """
-    path = os.path.join(folder, HPARAMS_FILE)
     if not os.path.isdir(folder):
         kind = "a file, not a folder" if os.path.exists(folder) else "not found"
         raise ValueError(f"inference folder {folder}: {kind} (give the folder export wrote)")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch has no CUDA device; use --device cpu")
+    if not trust_yaml:
+        return load_exported(str(folder), device)
+    path = os.path.join(folder, HPARAMS_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"{folder} holds no {HPARAMS_FILE}: not an exported inference folder")
     try:
@@ -401,9 +614,7 @@ def load_inference_folder(folder, savedir=None, device="cpu"):
             f"{path}: `interface` is {name!r}, not one of {sorted(INTERFACES)} "
             "(was it written by export_inference_folder?)"
         )
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: this torch has no CUDA device; use --device cpu")
     savedir = savedir or tempfile.mkdtemp(prefix="cald_inference_")
     return INTERFACES[name].from_hparams(
-        source=folder, savedir=savedir, run_opts={"device": device}
+        source=folder, savedir=savedir, run_opts={"device": device}, trust_yaml=True
     )

@@ -20,12 +20,13 @@ from speechbrain.dataio.encoder import CTCTextEncoder
 from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_hooks
 from speechbrain.utils.metric_stats import ErrorRateStats, MetricStats
 
-from speechbrain_cald import conversion, feature_encoder, hyperyaml, speech_input
+from speechbrain_cald import conversion, feature_encoder, speech_input
 from speechbrain_cald.exports import (
     InferenceExport,
     export_text_tokenizer,
     load_weights_strict,
     padded_label_encoder,
+    save_weights,
 )
 from speechbrain_cald.masks import lengths_to_mask, masked_mean
 
@@ -55,7 +56,7 @@ class ClassificationHeads(torch.nn.ModuleDict):
 
     @mark_as_transfer
     def _load_exported(self, path):
-        load_weights_strict(self, path)
+        load_weights_strict(self, path, allow_pickle=True)  # the trusted YAML path
 
 
 def classification_heads(head_sizes, hidden_size):
@@ -240,17 +241,7 @@ class CTCASR(SpeechTask):
         for token in self.vocab:
             encoder.add_label(" " if token == self.word_delimiter else token)
         encoder.save(os.path.join(folder, "tokenizer.ckpt"))
-        return InferenceExport(
-            interface="ASR",
-            output="log_probs",
-            entries={
-                "tokenizer": hyperyaml.new("speechbrain.dataio.encoder.CTCTextEncoder"),
-                "decoding_function": hyperyaml.name(
-                    "speechbrain.decoders.ctc_greedy_decode", blank_id=self.blank_index
-                ),
-            },
-            loadables={"tokenizer": "tokenizer"},
-        )
+        return InferenceExport("ASR", "log_probs", {"blank_index": self.blank_index})
 
 
 def asr_error_stats():
@@ -307,29 +298,13 @@ class UtteranceClassification(SpeechTask):
 
     def export_inference(self, folder, model, heads=None, label_encoders=None, tokenizer=None):
         """The heads and one label encoder per head (padded to the head's size)."""
-        torch.save(heads.state_dict(), os.path.join(folder, "heads.ckpt"))
+        save_weights(heads.state_dict(), os.path.join(folder, "heads.ckpt"))
         for name, size in self.head_sizes.items():
             padded_label_encoder(label_encoders[name], size).save(
                 os.path.join(folder, f"label_encoder_{name}.ckpt")
             )
-        categorical = "speechbrain.dataio.encoder.CategoricalEncoder"
-        return InferenceExport(
-            interface="SpeechClassifier",
-            output="pooled",
-            entries={
-                "heads": hyperyaml.apply(
-                    "speechbrain_cald.tasks.classification_heads",
-                    head_sizes=dict(self.head_sizes),
-                    hidden_size=model.config.hidden_size,
-                ),
-                "label_encoders": {k: hyperyaml.new(categorical) for k in self.head_sizes},
-            },
-            loadables={
-                "heads": "heads",
-                **{f"label_encoder_{k}": f"label_encoders[{k}]" for k in self.head_sizes},
-            },
-            modules=("heads",),
-        )
+        settings = {"head_sizes": dict(self.head_sizes), "hidden_size": model.config.hidden_size}
+        return InferenceExport("SpeechClassifier", "pooled", settings)
 
 
 class SequenceClassification(Task):
@@ -358,13 +333,11 @@ class SequenceClassification(Task):
 
     def export_inference(self, folder, model, heads=None, label_encoders=None, tokenizer=None):
         """The tokenizer and the label encoder (default labels "0".."n-1")."""
-        entries, loadables = export_text_tokenizer(folder, model, tokenizer)
+        settings = export_text_tokenizer(folder, model, tokenizer)
         n = model.config.num_labels
         labels = label_encoders or [str(i) for i in range(n)]
         padded_label_encoder(labels, n).save(os.path.join(folder, "label_encoder.ckpt"))
-        entries["label_encoder"] = hyperyaml.new("speechbrain.dataio.encoder.CategoricalEncoder")
-        loadables["label_encoder"] = "label_encoder"
-        return InferenceExport("TextClassifier", None, entries, loadables)
+        return InferenceExport("TextClassifier", None, settings)
 
 
 class PerplexityStats:
@@ -425,5 +398,5 @@ class CausalLM(Task):
     def export_inference(self, folder, model, heads=None, label_encoders=None, tokenizer=None):
         """The tokenizer."""
         return InferenceExport(
-            "TextGenerator", None, *export_text_tokenizer(folder, model, tokenizer)
+            "TextGenerator", None, export_text_tokenizer(folder, model, tokenizer)
         )

@@ -8,6 +8,9 @@ next ``--top-k`` - 1 labels with their probabilities. Files longer than
 ``--progress-after`` seconds show a progress bar over the CNN feature chunks.
 Unreadable, empty, damaged (NaN/inf) or silent files are reported on stderr, and
 the exit status is 1 if any file failed; a bad folder or device is an error (status 2).
+The folder loads without executing anything from it (`inference.load_exported`); a
+changed or foreign file in it is refused (status 2). ``--trust-yaml`` loads it through
+its hyperparams.yaml instead.
 """
 
 import argparse
@@ -40,8 +43,15 @@ def main(argv=None):
     parser.add_argument(
         "--savedir",
         default=None,
-        help="where SpeechBrain links the model files (default: a new temporary folder; "
-        "never the exported folder)",
+        help="--trust-yaml only: where SpeechBrain links the model files (default: a new "
+        "temporary folder; never the exported folder)",
+    )
+    parser.add_argument(
+        "--trust-yaml",
+        action="store_true",
+        help="load the folder through its hyperparams.yaml, which runs the code it names "
+        "(default: its cald_inference.json, which runs nothing; needed for folders "
+        "exported before that file existed)",
     )
     parser.add_argument(
         "--progress-after",
@@ -61,7 +71,9 @@ def main(argv=None):
     if args.top_k < 1:
         parser.exit(2, f"error: --top-k {args.top_k}: must be >= 1\n")
     try:
-        interface = inference.load_inference_folder(args.folder, args.savedir, args.device)
+        interface = inference.load_inference_folder(
+            args.folder, args.savedir, args.device, trust_yaml=args.trust_yaml
+        )
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     if not isinstance(interface, (inference.ASR, inference.SpeechClassifier)):

@@ -1,9 +1,11 @@
 """Fuzz: seeded random bad rows and bad files (cut-short audio included), many kinds
 at once, mixed into the tiny TED-LIUM fixture's manifests (some saved with a byte-order
-mark and CRLF line endings, as spreadsheets write them). Preparation and a short
-training run end either with counted skips that add up to exactly the rows injected
-(every checkpoint verifying), or, under `bad_data: error`, with a one-line error naming
-the file, line and row."""
+mark and CRLF line endings, as spreadsheets write them) together with good rows in
+other sample rates, channel counts and formats (FLAC, OGG), which must be kept.
+Preparation and a short training run end either with counted skips that add up to
+exactly the bad rows injected (every checkpoint verifying, the exported folder loading
+through the checked default path), or, under `bad_data: error`, with a one-line error
+naming the file, line and row."""
 
 import csv
 import glob
@@ -17,7 +19,7 @@ import pytest
 import soundfile as sf
 from recipe_runner import ROOT, make_fixtures, read_table, train_command
 
-from speechbrain_cald import speech_data
+from speechbrain_cald import inference, speech_data
 from speechbrain_cald.checkpoints import verify_integrity
 from speechbrain_cald.dataprep import SPLITS, read_csv_manifest
 
@@ -38,11 +40,14 @@ KINDS = (
     "bad_duration",
     "cut_short",  # a WAV whose header announces more samples than it holds
 )
+# Good rows in other encodings: read, resampled and kept, never skipped.
+VARIANTS = ("rate_8k", "rate_44k1", "stereo", "flac", "ogg")
 
 
 def bad_row(kind, good, folder, rng, n):
     """(CSV fields ID,duration,wav,spk_id,wrd, or one more) of one bad row of `kind`;
-    `good` is a good row to derive it from; bad files are written into `folder`."""
+    `good` is a good row to derive it from; bad files are written into `folder`; `n`
+    makes the row ID and file name unique across splits."""
     uid, sr = f"fuzz{n}_{kind}", 16000
     wav, duration, words = os.path.join(folder, f"{uid}.wav"), good["duration"], good["wrd"]
     signal = rng.uniform(-0.3, 0.3, int(float(duration) * sr)).astype(np.float32)
@@ -70,6 +75,14 @@ def bad_row(kind, good, folder, rng, n):
             data = f.read()
         with open(wav, "wb") as f:
             f.write(data[: len(data) // 2])
+    elif kind in ("rate_8k", "rate_44k1"):
+        rate = 8000 if kind == "rate_8k" else 44100
+        sf.write(wav, rng.uniform(-0.3, 0.3, int(float(duration) * rate)), rate)
+    elif kind == "stereo":
+        sf.write(wav, np.stack([signal, signal[::-1]], axis=1), sr)
+    elif kind in ("flac", "ogg"):
+        wav = wav[: -len(".wav")] + f".{kind}"
+        sf.write(wav, signal, sr, format=kind.upper())
     else:
         sf.write(wav, signal, sr)
     fields = [uid, duration, wav, good["spk_id"], words]
@@ -89,7 +102,8 @@ def bad_row(kind, good, folder, rng, n):
 
 
 def inject(manifest_folder, seed, per_split=8):
-    """Append `per_split` seeded random bad rows to each manifest; returns {split: n}."""
+    """Append `per_split` seeded random rows to each manifest, bad ones (`KINDS`) and
+    good ones in other encodings (`VARIANTS`); returns {split: number of bad rows}."""
     rng = np.random.default_rng(seed)
     folder = os.path.join(manifest_folder, "fuzz_audio")
     os.makedirs(folder, exist_ok=True)
@@ -97,9 +111,10 @@ def inject(manifest_folder, seed, per_split=8):
     for split in SPLITS:
         path = os.path.join(manifest_folder, f"{split}.csv")
         good = read_csv_manifest(path)
-        kinds = rng.choice(KINDS, size=per_split)
+        kinds = rng.choice(KINDS + VARIANTS, size=per_split)
         rows = [
-            bad_row(k, good[rng.integers(len(good))], folder, rng, i) for i, k in enumerate(kinds)
+            bad_row(k, good[rng.integers(len(good))], folder, rng, f"{split}{i}")
+            for i, k in enumerate(kinds)
         ]
         lines = good + rows
         order = rng.permutation(len(lines))  # bad rows mixed among the good ones
@@ -111,7 +126,7 @@ def inject(manifest_folder, seed, per_split=8):
             writer.writerow(list(good[0]))
             for i in order:
                 writer.writerow(list(lines[i].values()) if isinstance(lines[i], dict) else lines[i])
-        injected[split] = per_split
+        injected[split] = sum(k in KINDS for k in kinds)
     return injected
 
 
@@ -156,6 +171,11 @@ def test_fuzzed_manifests_give_counted_skips_or_a_named_error(corpus, tmp_path, 
     for folder in folders:
         verify_integrity(folder)
     assert os.path.isfile(os.path.join(tmp_path, "std", "1986", "test_metrics.json"))
+    # The export loads through the checked default path and reads every variant file.
+    exported = inference.load_inference_folder(os.path.join(tmp_path, "std", "1986", "inference"))
+    for row in read_csv_manifest(paths["test"]):
+        if row["ID"].endswith(VARIANTS):
+            assert isinstance(exported.transcribe_file(row["wav"]), str)
 
     strict = [*flags, "--bad_data", "error", "--run_name", "strict"]
     cmd, cwd, env = train_command(ROW, tmp_path, strict)  # the same manifests

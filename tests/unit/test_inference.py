@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import soundfile
 import tokenizers
 import torch
@@ -22,7 +23,14 @@ from transformers import (
     Wav2Vec2Model,
 )
 
-from speechbrain_cald import conversion, feature_encoder, inference, speech_input, transcribe
+from speechbrain_cald import (
+    conversion,
+    exports,
+    feature_encoder,
+    inference,
+    speech_input,
+    transcribe,
+)
 from speechbrain_cald.tasks import CTCASR, CausalLM, SequenceClassification, UtteranceClassification
 
 VOCAB = ["<blank>", "|", "a", "b", "c", "d", "e", "f", "g", "h"]
@@ -344,12 +352,13 @@ def test_cli_top_k_below_one_is_one_line_and_status_2(tmp_path, asr_folder, caps
 @pytest.mark.parametrize("damage", ["empty", "partial", "foreign", "garbage", "hostile"])
 def test_an_exported_folder_with_damaged_weights_is_refused(tmp_path, asr_folder, damage):
     """SpeechBrain's transfer loads non-strictly (missing weights left random, with a log
-    warning): an empty, partial or foreign weight file must be an error naming it."""
+    warning): an empty, partial or foreign weight file must be an error naming it, on
+    both loading paths, and the default path refuses any change to a listed file."""
     import shutil
 
     folder = tmp_path / "export"
     shutil.copytree(asr_folder, folder, ignore=shutil.ignore_patterns("save"))
-    state = torch.load(folder / "encoder.ckpt", weights_only=True)
+    state = safetensors.torch.load_file(folder / "encoder.ckpt")
     names = sorted(state)
     changed = {
         "empty": {},
@@ -361,13 +370,27 @@ def test_an_exported_folder_with_damaged_weights_is_refused(tmp_path, asr_folder
     elif damage == "hostile":  # a pickle that would run code on a plain torch.load
         torch.save({"x": Hostile()}, folder / "encoder.ckpt")
     else:
-        torch.save(changed, folder / "encoder.ckpt")
+        safetensors.torch.save_file(changed, folder / "encoder.ckpt")
+    with pytest.raises(ValueError, match=r"encoder\.ckpt changed since export"):
+        inference.load_inference_folder(str(folder))
+    with pytest.raises(SystemExit) as exit_info:  # the CLI: one line, status 2
+        transcribe.main([str(folder), str(folder / "none.wav")])
+    assert exit_info.value.code == 2
+    # The YAML path (no digests) and a description re-signed to match: still refused.
     match = r"encoder\.ckpt: not (the weights of this model|a readable weights file)"
     with pytest.raises(ValueError, match=match):
-        inference.load_inference_folder(str(folder), tmp_path / "save")
-    with pytest.raises(SystemExit) as exit_info:  # the CLI: one line, status 2
-        transcribe.main([str(folder), str(folder / "none.wav"), "--savedir", str(tmp_path / "c")])
-    assert exit_info.value.code == 2
+        inference.load_inference_folder(str(folder), tmp_path / "save", trust_yaml=True)
+    resign(folder)
+    match = r"encoder\.ckpt: not (the weights of this model|a safetensors weights file)"
+    with pytest.raises(ValueError, match=match):
+        inference.load_inference_folder(str(folder))
+
+
+def resign(folder):
+    """Recompute the digests of `folder`'s description, as a forger would."""
+    description = json.loads((folder / exports.SAFE_CONFIG).read_text())
+    del description["format"], description["files"]
+    exports.write_safe_config(folder, description)
 
 
 class Hostile:
@@ -381,9 +404,12 @@ def test_classifier_heads_with_missing_weights_are_refused(tmp_path):
     heads = task.make_heads(student.config)
     folder = tmp_path / "export"
     inference.export_inference_folder(folder, task, student, heads, {"speaker": "ab"})
-    torch.save({"speaker.weight": heads["speaker"].weight}, folder / "heads.ckpt")
+    exports.save_weights({"speaker.weight": heads["speaker"].weight}, folder / "heads.ckpt")
+    resign(folder)
     with pytest.raises(ValueError, match=r"heads\.ckpt: not the weights of this model"):
-        inference.load_inference_folder(str(folder), tmp_path / "save")
+        inference.load_inference_folder(str(folder))
+    with pytest.raises(ValueError, match=r"heads\.ckpt: not the weights of this model"):
+        inference.load_inference_folder(str(folder), tmp_path / "save", trust_yaml=True)
 
 
 def test_an_interrupted_export_leaves_the_previous_folder_whole(tmp_path, monkeypatch):
