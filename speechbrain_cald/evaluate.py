@@ -1,7 +1,7 @@
 """Evaluate a finished run's best model on another test set, without retraining.
 
     python -m speechbrain_cald.evaluate <run folder | inference folder> <manifest.csv> \\
-        --name <name> [--batch-size 8] [--device cpu] [--label-column head=column]
+        --name <name> [--batch-size 8] [--device cpu] [--label-column head=column] [--int8]
 
 The model is the run's exported inference folder (`<run>/inference`: the checkpoint
 its test stage tested and exported, `test_checkpoint`), loaded through the inference
@@ -128,12 +128,25 @@ def label_columns(interface, pairs):
     return columns
 
 
-def evaluate(path, manifest, name, batch_size=8, device="cpu", out=None, label_pairs=None):
+def evaluate(
+    path,
+    manifest,
+    name,
+    batch_size=8,
+    device="cpu",
+    out=None,
+    label_pairs=None,
+    int8=False,
+    trust_yaml=False,
+):
     """Evaluate the model of `path` (run or inference folder) on `manifest`; returns the
-    metrics written to `<results folder>/metrics.json`."""
+    metrics written to `<results folder>/metrics.json`. `int8` and `trust_yaml`: as
+    `inference.load_inference_folder`'s."""
     model, run = model_folder(path)
     folder = results_folder(model, run, name, out)
-    interface = inference.load_inference_folder(model, device=device)
+    interface = inference.load_inference_folder(
+        model, device=device, int8=int8, trust_yaml=trust_yaml
+    )
     if isinstance(interface, inference.ASR):
         rows = read_rows(manifest, ["wrd"])
     elif isinstance(interface, inference.SpeechClassifier):
@@ -152,6 +165,7 @@ def evaluate(path, manifest, name, batch_size=8, device="cpu", out=None, label_p
             "rows": len(rows),
             "manifest": os.path.abspath(manifest),
             "model": os.path.abspath(model),
+            "int8": int8,
         }
         with open(os.path.join(partial, "metrics.json"), "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2)
@@ -169,13 +183,20 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--label-column", action="append", metavar="HEAD=COLUMN")
+    parser.add_argument("--int8", action="store_true", help="the model's linear layers in int8")
+    parser.add_argument(
+        "--trust-yaml",
+        action="store_true",
+        help="load through the folder's hyperparams.yaml (runs the code it names; for "
+        "folders exported before cald_inference.json)",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.exit(2, f"error: --batch-size {args.batch_size}: must be >= 1\n")
     try:
         record = evaluate(
             args.model, args.manifest, args.name, args.batch_size, args.device, args.out,
-            args.label_column,
+            args.label_column, args.int8, args.trust_yaml,
         )  # fmt: skip
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")

@@ -33,6 +33,7 @@ import importlib
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -586,15 +587,39 @@ def _write_inference_folder(
     write_safe_config(folder, description)
 
 
-def load_inference_folder(folder, savedir=None, device="cpu", trust_yaml=False):
+def load_inference_folder(folder, savedir=None, device="cpu", trust_yaml=False, int8=False):
     """The interface (ASR, SpeechClassifier, ...) an exported folder was written for.
 
     By default nothing from the folder is executed (`load_exported`). ``trust_yaml=True``
     loads its hyperparams.yaml through SpeechBrain instead, linking the files into
     `savedir` (default: a new temporary folder; nothing is written into `folder`).
+    ``int8=True``: the model's linear layers quantised for CPU inference (`quantize_int8`).
     ValueError naming the folder when it is missing, not a folder, refused, or names
     no known interface; the device must exist.
     """
+    interface = _load_inference_folder(folder, savedir, device, trust_yaml)
+    return quantize_int8(interface) if int8 else interface
+
+
+def quantize_int8(interface):
+    """Dynamic int8 quantisation of the interface's model, in place, for CPU inference:
+    every `nn.Linear` stores int8 weights and quantises its input per call (PyTorch's
+    `quantize_dynamic`, fbgemm kernels); convolutions, norms and the scan stay fp32.
+    Speed and accuracy against fp32: docs/BENCHMARKS.md (CPU deployment). Returns the
+    interface. ValueError on another device than the CPU."""
+    if str(interface.device) != "cpu":
+        raise ValueError(f"int8: dynamic quantisation runs on the CPU, not {interface.device}")
+    module = interface.mods[interface.MODULES_NEEDED[0]]  # the encoder or text model
+    with warnings.catch_warnings():  # torch.ao's eager API: deprecated, still the one for CPU
+        warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated")
+        torch.ao.quantization.quantize_dynamic(
+            module.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+        )
+    return interface
+
+
+def _load_inference_folder(folder, savedir, device, trust_yaml):
+    """`load_inference_folder` before quantisation."""
     if not os.path.isdir(folder):
         kind = "a file, not a folder" if os.path.exists(folder) else "not found"
         raise ValueError(f"inference folder {folder}: {kind} (give the folder export wrote)")

@@ -47,6 +47,12 @@ def main(argv=None):
         "temporary folder; never the exported folder)",
     )
     parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="CPU: run the model's linear layers in int8 (dynamic quantisation; speed and "
+        "accuracy in docs/BENCHMARKS.md, CPU deployment)",
+    )
+    parser.add_argument(
         "--trust-yaml",
         action="store_true",
         help="load the folder through its hyperparams.yaml, which runs the code it names "
@@ -72,7 +78,7 @@ def main(argv=None):
         parser.exit(2, f"error: --top-k {args.top_k}: must be >= 1\n")
     try:
         interface = inference.load_inference_folder(
-            args.folder, args.savedir, args.device, trust_yaml=args.trust_yaml
+            args.folder, args.savedir, args.device, trust_yaml=args.trust_yaml, int8=args.int8
         )
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")

@@ -4,8 +4,8 @@ mark and CRLF line endings, as spreadsheets write them) together with good rows 
 other sample rates, channel counts and formats (FLAC, OGG), which must be kept.
 Preparation and a short training run end either with counted skips that add up to
 exactly the bad rows injected (every checkpoint verifying, the exported folder loading
-through the checked default path), or, under `bad_data: error`, with a one-line error
-naming the file, line and row."""
+through the checked default path, also after an export interrupted in place), or,
+under `bad_data: error`, with a one-line error naming the file, line and row."""
 
 import csv
 import glob
@@ -22,6 +22,7 @@ from recipe_runner import ROOT, make_fixtures, read_table, train_command
 from speechbrain_cald import inference, speech_data
 from speechbrain_cald.checkpoints import verify_integrity
 from speechbrain_cald.dataprep import SPLITS, read_csv_manifest
+from speechbrain_cald.exports import atomic_folder, read_safe_config
 
 ROW = next(r for r in read_table("recipes.csv") if r["Recipe"] == "TEDLIUM/ASR")
 KINDS = (
@@ -171,8 +172,15 @@ def test_fuzzed_manifests_give_counted_skips_or_a_named_error(corpus, tmp_path, 
     for folder in folders:
         verify_integrity(folder)
     assert os.path.isfile(os.path.join(tmp_path, "std", "1986", "test_metrics.json"))
-    # The export loads through the checked default path and reads every variant file.
-    exported = inference.load_inference_folder(os.path.join(tmp_path, "std", "1986", "inference"))
+    # An export interrupted in place (Ctrl-C half-way) leaves the run's export whole: it
+    # still verifies (every file's SHA-256) and loads through the checked default path.
+    folder = os.path.join(tmp_path, "std", "1986", "inference")
+    with pytest.raises(KeyboardInterrupt), atomic_folder(folder) as partial:
+        with open(os.path.join(partial, "encoder.ckpt"), "wb") as f:
+            f.write(b"half-written")
+        raise KeyboardInterrupt
+    read_safe_config(folder)
+    exported = inference.load_inference_folder(folder)
     for row in read_csv_manifest(paths["test"]):
         if row["ID"].endswith(VARIANTS):
             assert isinstance(exported.transcribe_file(row["wav"]), str)

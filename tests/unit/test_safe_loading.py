@@ -188,3 +188,29 @@ def test_a_classifier_folder_round_trips_through_the_default_path(tmp_path):
         torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=0)
         assert ours[3] == theirs[3]
     assert safe.hparams.label_encoders["gender"].ind2lab == {0: "f", 1: "m"}
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+def test_int8_matches_fp32_within_tolerance(tmp_path, kind):
+    """The offered CPU option `int8=True` (dynamic int8 linear layers): the encoder's
+    log-probabilities stay within 5% relative L2 error of fp32 on a padded batch. Not
+    exact under padding: activations are quantised with one scale per tensor, so a row's
+    output depends on the batch it shares (within the same tolerance; fp32 is exact)."""
+    model = tiny_student(Wav2Vec2ForCTC)
+    if kind == "teacher":
+        model = Wav2Vec2ForCTC(model.config.__class__.from_dict(
+            {k: v for k, v in model.config.to_dict().items() if k != "cald_student"}))  # fmt: skip
+    folder = tmp_path / "export"
+    inference.export_inference_folder(folder, CTCASR(VOCAB), model.eval())
+    fp32 = inference.load_inference_folder(str(folder))
+    int8 = inference.load_inference_folder(str(folder), int8=True)
+    assert any("quantized" in type(m).__module__ for m in int8.mods.encoder.modules())
+    wavs, lens = torch.randn(2, 16000), torch.tensor([1.0, 0.55])
+    expected, got = fp32.encode_batch(wavs, lens), int8.encode_batch(wavs, lens)
+    assert torch.linalg.norm(got - expected) / torch.linalg.norm(expected) < 0.05
+    alone = int8.encode_batch(wavs[1:, :8800], torch.ones(1))[0]
+    in_batch = got[1, : alone.shape[0]]
+    assert torch.linalg.norm(in_batch - alone) / torch.linalg.norm(alone) < 0.05
+    with pytest.raises(ValueError, match="int8: dynamic quantisation runs on the CPU"):
+        fp32.device = "cuda"
+        inference.quantize_int8(fp32)

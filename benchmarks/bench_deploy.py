@@ -1,0 +1,166 @@
+"""CPU deployment options side by side with eager fp32, for exported inference folders.
+
+Not a test. For each folder (e.g. a std teacher and a CALD student of the FSDD ASR
+benchmark) and each length (random audio, batch 1, the interface's own encoder path):
+
+- eager fp32 (the interfaces' default);
+- int8: `inference.quantize_int8` (dynamic int8 linear layers; `int8=True`);
+- compiled: `torch.compile` of the HF model at this one input shape (what a
+  length-bucketed deployment would run per bucket; compile time reported beside);
+- ONNX Runtime: `torch.onnx.export` of the encoder path, run on onnxruntime's CPU
+  provider, when onnx and onnxruntime import (else reported as not installed).
+
+The options of one folder and length are timed in turn for --repeats rounds (order
+rotating, medians) after one warm-up call each, so the machine's load hits all alike;
+ratios are eager time / option time. With --manifest, each folder is also evaluated
+eager and int8 on that manifest through `speechbrain_cald.evaluate` (WER/CER or
+accuracy), results under --out.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_deploy.py \\
+        --folders std=<run>/inference target=<run>/inference --seconds 3 10 60 \\
+        --manifest <manifests>/test.csv --out /tmp/bench_deploy [--trust-yaml]
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402  (sibling module: the machine line)
+
+from speechbrain_cald import evaluate, inference  # noqa: E402
+
+
+def onnx_runner(encoder, wav, one):
+    """A callable running `encoder` exported to ONNX on onnxruntime, or a string saying
+    why there is none (not installed, or the export's first error line)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return "onnx / onnxruntime not installed"
+    path = os.path.join(tempfile.mkdtemp(prefix="bench_deploy_"), "encoder.onnx")
+    try:
+        torch.onnx.export(encoder, (wav, one), path, dynamo=False)
+    except Exception as err:  # the exporter's own error is the finding
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        return f"export failed: {type(err).__name__}: {first}"
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name = [i.name for i in session.get_inputs()]
+    feed = dict(zip(name, (wav.numpy(), one.numpy())))
+    return lambda: torch.from_numpy(session.run(None, feed)[0])
+
+
+def options_for(folder, trust_yaml, seconds):
+    """{option: callable or reason} for one folder at one length, + compile seconds."""
+    eager = inference.load_inference_folder(folder, trust_yaml=trust_yaml).mods.encoder
+    int8 = inference.load_inference_folder(folder, trust_yaml=trust_yaml, int8=True)
+    wav, one = torch.randn(1, int(seconds * 16000)) * 0.1, torch.ones(1)
+    compiled = inference.load_inference_folder(folder, trust_yaml=trust_yaml).mods.encoder
+    compiled.model = torch.compile(compiled.model, dynamic=False)
+    start = time.perf_counter()
+    with torch.no_grad():
+        compiled(wav, one)
+    compile_s = time.perf_counter() - start
+    options = {
+        "eager": lambda: eager(wav, one),
+        "int8": lambda: int8.mods.encoder(wav, one),
+        "compiled": lambda: compiled(wav, one),
+        "onnx": onnx_runner(eager, wav, one),
+    }
+    return options, compile_s
+
+
+def measure(folder, trust_yaml, seconds, repeats):
+    """{option: (median seconds, max |difference| to eager) or reason}, compile s."""
+    options, compile_s = options_for(folder, trust_yaml, seconds)
+    runnable = {k: v for k, v in options.items() if callable(v)}
+    times = {k: [] for k in runnable}
+    with torch.no_grad():
+        reference = runnable["eager"]()
+        error = {k: float((fn() - reference).abs().max()) for k, fn in runnable.items()}
+        names = list(runnable)
+        for round_ in range(repeats):
+            turn = round_ % len(names)
+            for name in names[turn:] + names[:turn]:
+                start = time.perf_counter()
+                runnable[name]()
+                times[name].append(time.perf_counter() - start)
+    result = {k: v for k, v in options.items() if not callable(v)}
+    result.update({k: (statistics.median(times[k]), error[k]) for k in runnable})
+    return result, compile_s
+
+
+def speed_table(args):
+    lines = [
+        "| model | length | eager s | int8 s (x) | compiled s (x) | compile s | ONNX Runtime |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, folder in args.folders:
+        for seconds in args.seconds:
+            result, compile_s = measure(folder, args.trust_yaml, seconds, args.repeats)
+            eager = result["eager"][0]
+
+            def cell(option, result=result, eager=eager):
+                value = result[option]
+                if isinstance(value, str):
+                    return value
+                return f"{value[0]:.3f} ({eager / value[0]:.2f}x; max diff {value[1]:.2g})"
+
+            row = f"| {name} | {seconds:g} s | {eager:.3f} | {cell('int8')} | "
+            row += f"{cell('compiled')} | {compile_s:.0f} | {cell('onnx')} |"
+            lines.append(row)
+            print(row, flush=True)
+    return lines
+
+
+def accuracy_table(args):
+    lines = ["| model | eager | int8 | change |", "|---|---|---|---|"]
+    for name, folder in args.folders:
+        scores = {}
+        for int8 in (False, True):
+            out = os.path.join(args.out, f"{name}_{'int8' if int8 else 'fp32'}")
+            record = evaluate.evaluate(
+                folder, args.manifest, name, out=out, int8=int8, trust_yaml=args.trust_yaml
+            )
+            metric = "WER" if "WER" in record else "accuracy"
+            scores[int8] = record[metric]
+        row = f"| {name} | {metric} {scores[False]:.2f} | {scores[True]:.2f} | "
+        row += f"{scores[True] - scores[False]:+.2f} |"
+        lines.append(row)
+        print(row, flush=True)
+    return lines
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folders", nargs="+", required=True, metavar="NAME=FOLDER")
+    parser.add_argument("--seconds", nargs="+", type=float, default=[3, 10, 60])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--manifest", help="evaluate eager and int8 on this manifest")
+    parser.add_argument("--out", default=tempfile.mkdtemp(prefix="bench_deploy_"))
+    parser.add_argument(
+        "--trust-yaml", action="store_true", help="folders from before cald_inference.json"
+    )
+    parser.add_argument("--write", help="append the tables to this markdown file")
+    args = parser.parse_args()
+    args.folders = [pair.split("=", 1) for pair in args.folders]
+    print(machine.describe(), flush=True)
+    lines = speed_table(args)
+    if args.manifest:
+        lines += ["", *accuracy_table(args)]
+    if args.write:
+        machine.append_section(
+            args.write, "CPU deployment options (bench_deploy.py)", "\n".join(lines), sys.argv[1:]
+        )
+
+
+if __name__ == "__main__":
+    main()
