@@ -14,7 +14,7 @@ The options of one folder and length are timed in turn for --repeats rounds (ord
 rotating, medians) after one warm-up call each, so the machine's load hits all alike;
 ratios are eager time / option time. With --manifest, each folder is also evaluated
 eager and int8 on that manifest through `speechbrain_cald.evaluate` (WER/CER or
-accuracy), results under --out.
+accuracy; --batch-size, default 1), results under --out.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_deploy.py \\
         --folders std=<run>/inference target=<run>/inference --seconds 3 10 60 \\
@@ -128,7 +128,13 @@ def accuracy_table(args):
         for int8 in (False, True):
             out = os.path.join(args.out, f"{name}_{'int8' if int8 else 'fp32'}")
             record = evaluate.evaluate(
-                folder, args.manifest, name, out=out, int8=int8, trust_yaml=args.trust_yaml
+                folder,
+                args.manifest,
+                name,
+                batch_size=args.batch_size,
+                out=out,
+                int8=int8,
+                trust_yaml=args.trust_yaml,
             )
             metric = "WER" if "WER" in record else "accuracy"
             scores[int8] = record[metric]
@@ -142,7 +148,15 @@ def accuracy_table(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folders", nargs="+", required=True, metavar="NAME=FOLDER")
-    parser.add_argument("--seconds", nargs="+", type=float, default=[3, 10, 60])
+    parser.add_argument(
+        "--seconds", nargs="*", type=float, default=[3, 10, 60], help="none: no speed table"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="evaluation batch (1: int8's per-batch activation scales see one utterance)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--manifest", help="evaluate eager and int8 on this manifest")
     parser.add_argument("--out", default=tempfile.mkdtemp(prefix="bench_deploy_"))
@@ -153,7 +167,7 @@ def main():
     args = parser.parse_args()
     args.folders = [pair.split("=", 1) for pair in args.folders]
     print(machine.describe(), flush=True)
-    lines = speed_table(args)
+    lines = speed_table(args) if args.seconds else []
     if args.manifest:
         lines += ["", *accuracy_table(args)]
     if args.write:

@@ -113,6 +113,7 @@ def _model_parts(model):
             kwargs={
                 "output": model["output"],
                 "chunk_frames": model["chunk_frames"],
+                "blank_index": model["blank_index"],
                 "config": model["config"],
             },
         ),
@@ -205,15 +206,20 @@ class SpeechEncoder(torch.nn.Module):
     the masked mean of the last hidden state (utterance embedding).
 
     Arguments: config: the HF config as a dict; output: "log_probs" or "pooled";
-    chunk_frames: CNN chunk size in frames (None: whole-waveform features). Set
-    ``progress = True`` for a progress bar over the CNN chunks.
+    chunk_frames: CNN chunk size in frames (None: whole-waveform features);
+    blank_index: "log_probs": the CTC blank, which padding frames output with
+    probability 1 (a decoder that turns relative lengths into frame counts by rounding,
+    as SpeechBrain's `ctc_greedy_decode` does, may read one frame past an utterance's
+    end: it must decode nothing there). Set ``progress = True`` for a progress bar over
+    the CNN chunks.
     """
 
-    def __init__(self, config, output="log_probs", chunk_frames=CHUNK_FRAMES):
+    def __init__(self, config, output="log_probs", chunk_frames=CHUNK_FRAMES, blank_index=None):
         super().__init__()
         self.model = _hf_model_from_config(config)
         self.output = output
         self.chunk_frames = chunk_frames
+        self.blank_index = blank_index
         self.progress = False
 
     def forward(self, wavs, wav_lens):
@@ -222,9 +228,15 @@ class SpeechEncoder(torch.nn.Module):
         out, valid = speech_model_forward(
             self.model, wavs, wav_lens, self.chunk_frames, self.progress
         )
-        if self.output == "log_probs":
-            return out.logits.float().log_softmax(-1)
-        return masked_mean(out.last_hidden_state, valid, dim=1)
+        if self.output == "pooled":
+            return masked_mean(out.last_hidden_state, valid, dim=1)
+        log_probs = out.logits.float().log_softmax(-1)
+        if self.blank_index is not None:
+            padding = ~valid[..., None]
+            blank = torch.full_like(log_probs[:1, :1], float("-inf"))
+            blank[..., self.blank_index] = 0.0
+            log_probs = torch.where(padding, blank, log_probs)
+        return log_probs
 
     @mark_as_transfer
     def _load_exported(self, path):
@@ -558,6 +570,7 @@ def _write_inference_folder(
             "output": export.output,
             "sample_rate": sample_rate if speech else None,
             "chunk_frames": chunk_frames if speech else None,
+            "blank_index": export.settings.get("blank_index"),  # CTC: padding decodes blank
         },
         "settings": export.settings,
     }

@@ -162,7 +162,7 @@ class SpeechTask(Task):
     def prepare_loaded(self, model, folder):
         speech_input.ensure_feature_extractor(model, folder)
         if self.freeze_feature_encoder:
-            model.freeze_feature_encoder()
+            conversion.freeze_front_end(model)  # as the model's family says
 
     def shared_front_end(self):
         """Equal frozen CNN feature encoders run once per batch

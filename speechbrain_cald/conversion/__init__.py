@@ -6,11 +6,17 @@ other pretrained weight is kept bit-identical. The student is the same HF class 
 the teacher, so its outputs (logits, `output_hidden_states=True` giving num_layers +
 1 states) keep their form, and `save_pretrained` / `from_pretrained` (here) round-trip.
 
-| family   | HF models                                    | slot replaced     | mixers (auto 1st) |
-|----------|----------------------------------------------|-------------------|-------------------|
-| wav2vec2 | Wav2Vec2Model, Wav2Vec2For*                  | `layer.attention` | bimamba2          |
-| bert     | BERT, RoBERTa, ... (BertSelfAttention Q/K/V) | `attention.self`  | linformer         |
-| gpt_neox | GPTNeoXModel, GPTNeoXFor*                    | `layer.attention` | mamba, mamba2     |
+| family   | HF models                                 | slot         | attention | auto      |
+|----------|-------------------------------------------|--------------|-----------|-----------|
+| wav2vec2 | Wav2Vec2, HuBERT, Data2Vec-Audio          | `attention`  | both ways | bimamba2  |
+| wavlm    | WavLMModel, WavLMFor*                     | `attention`  | both ways | bimamba2  |
+| whisper  | Whisper's encoder (ours and HF's)         | `self_attn`  | both ways | bimamba2  |
+| bert     | BERT, RoBERTa, ... (BertSelfAttention)    | `attention.self` | both ways | linformer |
+| gpt_neox | GPTNeoXModel, GPTNeoXFor*                 | `attention`  | causal    | mamba     |
+
+A mixer fits every family whose attention has its direction (`MixerSpec.fits`):
+bimamba2, bimamba2_shared and linformer the bidirectional ones, mamba and mamba2 the
+causal one; each family gives its sizes in generic names (`SourceFamily.sizes`).
 
 Rooms: `registry` (the mixer and family registries, the generic attention slot),
 `mixers` (the built-in mixers), `families/` (one module per source family),
@@ -37,6 +43,8 @@ from speechbrain_cald.conversion.registry import (
     MixerSpec,
     SourceFamily,
     detect_family,
+    fitting_mixers,
+    freeze_front_end,
     register_family,
     register_mixer,
 )
@@ -52,6 +60,8 @@ __all__ = [
     "build_student_from_config",
     "convert_to_student",
     "detect_family",
+    "fitting_mixers",
+    "freeze_front_end",
     "from_pretrained",
     "load_student",
     "register_family",

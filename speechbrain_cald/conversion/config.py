@@ -17,9 +17,10 @@ class StudentConfig:
     """What the student is made of.
 
     Attributes:
-        mixer: "auto" (the family's first mixer: wav2vec2 -> bimamba2, BERT family ->
-            linformer, gpt_neox -> mamba) or a registered mixer (`registry.MIXERS`:
-            "bimamba2", "linformer", "mamba", "mamba2", ...).
+        mixer: "auto" (the family's default mixer: speech encoders -> bimamba2, BERT
+            family -> linformer, gpt_neox -> mamba) or a registered mixer that fits the
+            model (`registry.MIXERS`, `MixerSpec.fits`: bidirectional mixers for
+            encoders, causal ones for decoders).
         mixer_config: overrides of the lobe config (Mamba2Config, LinformerConfig,
             MambaConfig, ...) except the sizes taken from the model.
         init: "random" or "attention" (mixers with an attention init, e.g. bimamba2:

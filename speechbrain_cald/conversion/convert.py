@@ -17,7 +17,13 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from speechbrain_cald.conversion.config import ConversionReport, StudentConfig
-from speechbrain_cald.conversion.registry import MIXERS, MixerSpec, SourceFamily, detect_family
+from speechbrain_cald.conversion.registry import (
+    MIXERS,
+    MixerSpec,
+    SourceFamily,
+    detect_family,
+    fitting_mixers,
+)
 from speechbrain_cald.models import model_class
 
 logger = logging.getLogger(__name__)
@@ -26,19 +32,23 @@ logger = logging.getLogger(__name__)
 def resolve(model: PreTrainedModel, config: StudentConfig) -> tuple[SourceFamily, MixerSpec]:
     """(family, mixer) of a conversion; errors for incompatible mixer / init choices."""
     family = detect_family(model)
-    name = family.mixers[0] if config.mixer == "auto" else config.mixer
-    if name not in family.mixers:
-        raise ValueError(
-            f"mixer {name!r} does not fit a {family.name} model; use one of {family.mixers}"
-        )
+    name = family.default_mixer if config.mixer == "auto" else config.mixer
     spec = MIXERS[name]
+    fitting = fitting_mixers(family)
+    if not spec.fits(family):
+        direction = ("bidirectional", "causal")
+        raise ValueError(
+            f"mixer {name!r} does not fit a {family.name} model: the mixer is "
+            f"{direction[spec.causal]}, the model's attention {direction[family.causal]} "
+            f"(mixers that fit: {fitting})"
+        )
     if config.positions == "drop" and not family.can_drop_positions(model):
         raise ValueError(
             f"positions 'drop': a {type(model).__name__} ({family.name}) adds no absolute "
             "positions a student could drop (keep them: positions 'keep')"
         )
     if config.init == "attention" and spec.init_from_attention is None:
-        with_init = [m for m in family.mixers if MIXERS[m].init_from_attention] or "none"
+        with_init = [m for m in fitting if MIXERS[m].init_from_attention] or "none"
         raise ValueError(
             f"init 'attention' does not exist for {name!r} (mixers with one here: {with_init}"
             "; linformer always keeps Q/K/V)"
@@ -57,7 +67,8 @@ def _slot_parent(layer: nn.Module, attribute: str) -> tuple[nn.Module, str]:
 def _replace_slots(model, family: SourceFamily, spec: MixerSpec, overrides: dict, init: str):
     """Swap each layer's attention for a slot; returns (lobe config, {mixer module:
     parameter names initialised from attention})."""
-    lobe_config = spec.make_config(model.config, overrides, init)
+    sizes = family.sizes(model.config)
+    lobe_config = spec.make_config(sizes, overrides, init)
     shared, from_attention = {}, {}
     for layer in family.layers(model):
         parent, name = _slot_parent(layer, family.slot_attribute)
@@ -68,8 +79,9 @@ def _replace_slots(model, family: SourceFamily, spec: MixerSpec, overrides: dict
             projections = family.attention_projections(attention)
             if projections is None:
                 raise ValueError(f"the {family.name} family gives no Q/K/V/O for init 'attention'")
-            heads = model.config.num_attention_heads
-            from_attention[mixer] = spec.init_from_attention(mixer, *projections, heads)
+            from_attention[mixer] = spec.init_from_attention(
+                mixer, *projections, sizes["num_heads"]
+            )
         slot = family.make_slot(mixer, spec, attention)
         slot = slot.to(device=weight.device, dtype=weight.dtype).train(attention.training)
         setattr(parent, name, slot)
@@ -126,7 +138,7 @@ def _convert_in_place(model: PreTrainedModel, config: StudentConfig) -> Conversi
     )
     stored = StudentConfig(
         mixer=spec.name,
-        mixer_config=spec.stored_fields(lobe_config, model.config),
+        mixer_config=spec.stored_fields(lobe_config, family.sizes(model.config)),
         init=config.init,
         positions=config.positions,
     )
@@ -154,7 +166,8 @@ def _convert_in_place(model: PreTrainedModel, config: StudentConfig) -> Conversi
         from_attention=initialised,
         teacher_parameters=teacher_parameters,
         student_parameters=_numel(model),
-        notes=family.notes(model, spec, lobe_config, config.init),
+        notes=family.notes(model, spec, lobe_config, config.init)
+        + ([spec.init_note] if config.init == "attention" and spec.init_note else []),
     )
 
 

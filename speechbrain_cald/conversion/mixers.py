@@ -49,6 +49,8 @@ for _name, _lobe in (("bimamba2", BiMamba2), ("bimamba2_shared", SharedProjectio
             causal=False,
             attention_config=_attention_config,
             init_from_attention=_init_bimamba2,
+            init_note="in_proj x/B/C rows <- V/K/Q and out_proj <- O (each direction's, or "
+            "the shared pair); in_proj z/dt rows random; attention biases not copied",
         )
     )
 
@@ -67,13 +69,13 @@ register_mixer(
         config_class=LinformerConfig,
         build=_linformer,
         causal=False,
-        sizes=lambda config: {
-            "hidden_size": config.hidden_size,
-            "num_attention_heads": config.num_attention_heads,
+        sizes=lambda sizes: {
+            "hidden_size": sizes["hidden_size"],
+            "num_attention_heads": sizes["num_heads"],
         },
-        defaults=lambda config: {
-            "max_len": config.max_position_embeddings,
-            "attention_dropout": config.attention_probs_dropout_prob,
+        defaults=lambda sizes: {
+            "max_len": sizes["max_positions"],
+            "attention_dropout": sizes["attention_dropout"],
         },
     )
 )

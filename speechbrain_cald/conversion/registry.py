@@ -1,12 +1,14 @@
 """The two registries of conversion: student mixers and source-model families.
 
 A *mixer* (`MixerSpec`) is a lobe that replaces attention: its config dataclass, how
-to build it, whether it is causal, which config fields it takes from the HF model,
-and optionally how to initialise it from the attention it replaces. A *family*
-(`SourceFamily`) is a kind of HF model: how to recognise it, where its attention
-modules sit, how the HF attention call (and its mask) reaches the mixer, and what
-the conversion report says. Adding either is one `register_mixer` /
-`register_family` call; nothing else in the package changes.
+to build it, whether it is causal, which of the model's sizes it takes, and optionally
+how to initialise it from the attention it replaces (and what the report says about
+that). A *family* (`SourceFamily`) is a kind of HF model: how to recognise it, whether
+its attention is causal, its sizes in generic names (`SourceFamily.sizes`), where its
+attention modules sit, how the HF attention call (and its mask) reaches the mixer, how
+to freeze its front end, and what the report says. A mixer fits every family whose
+attention has its direction (`fits`): no list names them. Adding either is one
+`register_mixer` / `register_family` call; nothing else in the package changes.
 """
 
 import dataclasses
@@ -31,43 +33,58 @@ class MixerSpec:
         conversion share (e.g. Linformer projections shared by every layer).
     causal: a causal mixer is called `mixer(hidden_states)` (right padding never
         reaches a valid frame); a bidirectional one `mixer(hidden_states,
-        attention_mask=valid)` with `valid` the boolean `(batch, time)` mask.
-    sizes: HF config -> the lobe-config fields taken from the model (never stored in
-        `mixer_config`), e.g. `{"d_model": config.hidden_size}`.
-    defaults: HF config -> lobe-config defaults taken from the model that
-        `mixer_config` may override (e.g. Linformer's max_len).
-    attention_config: optional (sizes, heads, overrides) -> lobe config shaped for
+        attention_mask=valid)` with `valid` the boolean `(batch, time)` mask. It fits
+        the families whose attention has the same direction.
+    sizes: the family's generic sizes (`SourceFamily.sizes`) -> the lobe-config fields
+        taken from the model (never stored in `mixer_config`), e.g. `{"d_model":
+        sizes["hidden_size"]}`.
+    defaults: generic sizes -> lobe-config defaults taken from the model that
+        `mixer_config` may override (e.g. Linformer's max_len); a None default (the
+        model gives none) must be set in `mixer_config`.
+    attention_config: optional (lobe sizes, heads, overrides) -> lobe config shaped for
         `init_from_attention` (StudentConfig.init "attention").
     init_from_attention: optional (mixer, q, k, v, o, heads) -> names of the mixer's
         parameters (relative to it) whose values now come from the attention weights.
+    init_note: what `init_from_attention` copies, for the conversion report.
     """
 
     name: str
     config_class: type
     build: Callable
     causal: bool
-    sizes: Callable = lambda config: {"d_model": config.hidden_size}
-    defaults: Callable = lambda config: {}
+    sizes: Callable = lambda sizes: {"d_model": sizes["hidden_size"]}
+    defaults: Callable = lambda sizes: {}
     attention_config: Callable | None = None
     init_from_attention: Callable | None = None
+    init_note: str = ""
 
-    def make_config(self, hf_config, overrides: dict, init: str):
-        """The resolved lobe config for a model with config `hf_config`."""
-        sizes = self.sizes(hf_config)
-        derived = set(sizes).intersection(overrides)
+    def fits(self, family) -> bool:
+        """Whether this mixer can take the attention slots of `family`'s models."""
+        return self.causal == family.causal
+
+    def make_config(self, sizes: dict, overrides: dict, init: str):
+        """The resolved lobe config for a model of generic `sizes` (`SourceFamily.sizes`)."""
+        lobe_sizes = self.sizes(sizes)
+        derived = set(lobe_sizes).intersection(overrides)
         if derived:
             raise ValueError(
                 f"mixer_config must not set {sorted(derived)}: they are taken from the model"
             )
-        fields = {**self.defaults(hf_config), **overrides}
+        defaults = self.defaults(sizes)
+        unknown = sorted(k for k, v in defaults.items() if v is None and k not in overrides)
+        if unknown:
+            raise ValueError(
+                f"mixer {self.name!r} needs {unknown} in mixer_config: the model gives none"
+            )
+        fields = {**defaults, **overrides}
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
         if init == "attention":
-            return self.attention_config(sizes, hf_config.num_attention_heads, fields)
-        return self.config_class(**sizes, **fields)
+            return self.attention_config(lobe_sizes, sizes["num_heads"], fields)
+        return self.config_class(**lobe_sizes, **fields)
 
-    def stored_fields(self, lobe_config, hf_config) -> dict:
+    def stored_fields(self, lobe_config, sizes: dict) -> dict:
         """The lobe config minus the sizes taken from the model: what `mixer_config` stores."""
-        derived = set(self.sizes(hf_config))
+        derived = set(self.sizes(sizes))
         return {k: v for k, v in dataclasses.asdict(lobe_config).items() if k not in derived}
 
 
@@ -143,15 +160,50 @@ class SourceFamily:
     """How one family of HF models is converted. Subclass, set the attributes, and
     register an instance with `register_family`.
 
-    name: the family's name in reports; description: the models it covers. mixers:
-    the mixers it accepts, the first being what "auto" picks. slot_attribute: the
-    (dotted) attribute of each layer that holds the attention module.
+    name: the family's name in reports; description: the models it covers. causal:
+    whether its attention is causal (decoders), which decides the mixers that fit
+    (`MixerSpec.fits`). default_mixer: what StudentConfig.mixer "auto" picks.
+    slot_attribute: the (dotted) attribute of each layer that holds the attention.
     """
 
     name: str = ""
     description: str = ""  # the models it covers, for error messages
-    mixers: tuple[str, ...] = ()
+    causal: bool = False
+    default_mixer: str = "bimamba2"
     slot_attribute: str = "attention"
+
+    def sizes(self, config) -> dict:
+        """The model's sizes in the generic names mixers read: hidden_size, num_heads,
+        max_positions (None where the model has no maximum length) and
+        attention_dropout. Default: HF's common config names; override where a family
+        names them otherwise."""
+        dropout = next(
+            (
+                getattr(config, n)
+                for n in ("attention_probs_dropout_prob", "attention_dropout")
+                if getattr(config, n, None) is not None
+            ),
+            0.0,
+        )
+        return {
+            "hidden_size": config.hidden_size,
+            "num_heads": config.num_attention_heads,
+            "max_positions": getattr(config, "max_position_embeddings", None),
+            "attention_dropout": dropout,
+        }
+
+    def freeze_front_end(self, model) -> None:
+        """Freeze the layers before the first attention layer (speech: the CNN feature
+        encoder), for `freeze_feature_encoder` in the recipes. Default: HF's
+        `freeze_feature_encoder()`; ValueError for a model without one."""
+        freeze = getattr(model, "freeze_feature_encoder", None)
+        if freeze is None:
+            raise ValueError(
+                f"{type(model).__name__} ({self.name or 'unregistered'} family) has no "
+                "freeze_feature_encoder(): set freeze_feature_encoder: False, or give its "
+                "family a freeze_front_end"
+            )
+        freeze()
 
     def matches(self, model) -> bool:
         """Whether `model` (an HF PreTrainedModel) belongs to this family."""
@@ -193,6 +245,21 @@ def register_family(family: SourceFamily) -> SourceFamily:
     FAMILIES.pop(family.name, None)
     FAMILIES[family.name] = family
     return family
+
+
+def fitting_mixers(family: SourceFamily) -> list[str]:
+    """The registered mixers that fit `family` (`MixerSpec.fits`)."""
+    return [name for name, spec in MIXERS.items() if spec.fits(family)]
+
+
+def freeze_front_end(model) -> None:
+    """Freeze `model`'s front end as its family says (`SourceFamily.freeze_front_end`;
+    an unregistered model: the default)."""
+    try:
+        family = detect_family(model)
+    except ValueError:
+        family = SourceFamily()
+    family.freeze_front_end(model)
 
 
 def detect_family(model) -> SourceFamily:

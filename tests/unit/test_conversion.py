@@ -376,8 +376,12 @@ def test_unknown_architecture_is_refused_by_name():
 
 
 def test_bad_student_configs_are_refused():
-    with pytest.raises(ValueError, match="does not fit a wav2vec2"):
-        convert_to_student(tiny_wav2vec2(), {"mixer": "linformer"})
+    with pytest.raises(ValueError, match="does not fit a wav2vec2 model: the mixer is causal"):
+        convert_to_student(tiny_wav2vec2(), {"mixer": "mamba2"})
+    with pytest.raises(ValueError, match="does not fit a gpt_neox model: .* bidirectional"):
+        convert_to_student(tiny_gpt_neox(), {"mixer": "bimamba2"})
+    with pytest.raises(ValueError, match=r"'linformer' needs \['max_len'\] in mixer_config"):
+        convert_to_student(tiny_wav2vec2(), {"mixer": "linformer"})  # fits; no max length
     with pytest.raises(ValueError, match="init 'attention'"):
         convert_to_student(tiny_gpt_neox(), {"init": "attention"})
     with pytest.raises(ValueError, match="mixer must be one of"):

@@ -61,7 +61,8 @@ class GPT2Family(conversion.SourceFamily):
 
     name = "gpt2_test"
     description = "GPT2Model / GPT2LMHeadModel (model_type 'gpt2')"
-    mixers = ("gated_conv_test",)
+    causal = True
+    default_mixer = "gated_conv_test"
     slot_attribute = "attn"
 
     def matches(self, model):
@@ -137,3 +138,92 @@ def test_new_mixer_and_family_train_one_cald_step(registered, tmp_path):
     after = brain.modules.student.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert any("attn.mixer.gate" in k for k in changed)
+
+
+def test_a_registered_mixer_fits_every_family_of_its_direction(registered):
+    """Fit is a property (causal or bidirectional), not a list: the causal mixer above
+    converts a GPT-NeoX model too, which no code names it for; a bidirectional family
+    refuses it, naming the mixers that fit there."""
+    from test_conversion import tiny_gpt_neox, tiny_wav2vec2
+
+    student, report = conversion.convert_to_student(tiny_gpt_neox(), {"mixer": GATED_CONV.name})
+    assert report.family == "gpt_neox" and report.mixer == GATED_CONV.name
+    family = conversion.detect_family(tiny_wav2vec2())
+    assert GATED_CONV.name in conversion.fitting_mixers(conversion.FAMILIES["gpt_neox"])
+    assert GATED_CONV.name not in conversion.fitting_mixers(family)
+    with pytest.raises(ValueError, match="gated_conv_test' does not fit a wav2vec2 model"):
+        conversion.convert_to_student(tiny_wav2vec2(), {"mixer": GATED_CONV.name})
+
+
+def test_the_report_describes_each_mixers_own_initialisation(registered):
+    """A mixer with its own attention init states what it copies; BiMamba2's text is
+    never printed for it (the families no longer describe mixers)."""
+    from test_conversion import tiny_wav2vec2
+
+    @torch.no_grad()
+    def init_copy_out(mixer, q, k, v, o, heads):
+        mixer.out_proj.weight.copy_(o.weight)
+        mixer.out_proj.bias.copy_(o.bias)
+        return ["out_proj.weight", "out_proj.bias"]
+
+    spec = dataclasses.replace(
+        GATED_CONV,
+        name="gated_conv_bidir_test",
+        causal=False,
+        build=lambda config, shared: BidirectionalGatedConv(config),
+        attention_config=lambda sizes, heads, fields: GatedConvConfig(**sizes, **fields),
+        init_from_attention=init_copy_out,
+        init_note="out_proj <- O, bias included",
+    )
+    conversion.register_mixer(spec)
+    try:
+        _, report = conversion.convert_to_student(
+            tiny_wav2vec2(), {"mixer": spec.name, "init": "attention"}
+        )
+        _, bimamba = conversion.convert_to_student(tiny_wav2vec2(), {"init": "attention"})
+    finally:
+        del conversion.MIXERS[spec.name]
+    assert "out_proj <- O, bias included" in report.notes
+    assert not any("in_proj" in note for note in report.notes)
+    assert conversion.MIXERS["bimamba2"].init_note in bimamba.notes
+
+
+class BidirectionalGatedConv(GatedConvMixer):
+    """The gated conv run over the sequence both ways (a bidirectional test mixer)."""
+
+    def forward(self, hidden_states, attention_mask=None):
+        flipped = super().forward(hidden_states.flip(1)).flip(1)
+        return super().forward(hidden_states) + flipped
+
+
+def test_front_end_freezing_is_the_familys(registered):
+    """SpeechTask asks the model's family how to freeze its front end: a family without
+    HF's freeze_feature_encoder gets a clear error, one that says how is obeyed."""
+    from test_conversion import tiny_wav2vec2
+
+    from speechbrain_cald import speech_input
+    from speechbrain_cald.tasks import CTCASR
+
+    with pytest.raises(ValueError, match="GPT2LMHeadModel \\(gpt2_test family\\) has no"):
+        conversion.freeze_front_end(tiny_gpt2())
+    speech = tiny_wav2vec2()
+    conversion.freeze_front_end(speech)  # the default: HF's freeze_feature_encoder
+    assert not any(p.requires_grad for p in speech.base_model.feature_extractor.parameters())
+
+    original, saved = conversion.FAMILIES["wav2vec2"], dict(conversion.FAMILIES)
+
+    class ProjectionToo(type(original)):
+        def freeze_front_end(self, model):
+            super().freeze_front_end(model)
+            model.base_model.feature_projection.requires_grad_(False)
+
+    conversion.register_family(ProjectionToo())
+    try:
+        model = tiny_wav2vec2()
+        speech_input.attach_feature_extractor(model, speech_input.feature_extractor_for())
+        CTCASR(["<blank>", "a"], freeze_feature_encoder=True).prepare_loaded(model, None)
+    finally:  # the registry as it was, order included
+        conversion.FAMILIES.clear()
+        conversion.FAMILIES.update(saved)
+    assert not any(p.requires_grad for p in model.base_model.feature_projection.parameters())
+    assert model.base_model.encoder.layers[0].attention.q_proj.weight.requires_grad

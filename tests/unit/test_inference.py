@@ -466,3 +466,38 @@ def test_evaluate_on_a_manifest_with_a_bad_file_leaves_no_results(tmp_path, asr_
     assert json.loads((out / "metrics.json").read_text())["rows"] == 1
     with pytest.raises(SystemExit):
         evaluate.main(argv)
+
+
+def test_padding_frames_decode_nothing(asr):
+    """SpeechBrain's ctc_greedy_decode turns relative lengths into frame counts by
+    rounding, and may read one frame past an utterance's end: padding frames must be the
+    blank with probability 1, so a padded batch transcribes as each utterance alone."""
+    from speechbrain.decoders import ctc_greedy_decode
+
+    model = asr.mods.encoder.model
+    longest = 16000
+    frames = int(model._get_feat_extract_output_lengths(torch.tensor(longest)))
+    # lengths whose rounded frame count overshoots their true one (the reader's bug)
+    lengths = [
+        n
+        for n in range(4000, longest, 37)
+        if round(n / longest * frames)
+        > int(model._get_feat_extract_output_lengths(torch.tensor(n)))
+    ][:3]
+    assert lengths, "no length where rounding overshoots: the test would prove nothing"
+    gen = torch.Generator().manual_seed(4)
+    wavs = torch.zeros(len(lengths) + 1, longest)
+    wavs[0] = torch.randn(longest, generator=gen)
+    for row, n in enumerate(lengths, start=1):
+        wavs[row, :n] = torch.randn(n, generator=gen)
+    rel = torch.tensor([1.0] + [n / longest for n in lengths])
+    log_probs = asr.encode_batch(wavs, rel)
+    for row, n in enumerate(lengths, start=1):
+        true = int(model._get_feat_extract_output_lengths(torch.tensor(n)))
+        assert torch.equal(
+            log_probs[row, true:].argmax(-1), torch.zeros_like(log_probs[row, true:, 0]).long()
+        )
+        assert torch.all(log_probs[row, true:, 0] == 0)
+        alone = asr.transcribe_batch(wavs[row : row + 1, :n], torch.ones(1))[0][0]
+        assert asr.transcribe_batch(wavs, rel)[0][row] == alone
+    assert ctc_greedy_decode(log_probs, rel, blank_id=0)  # the reader the test is about

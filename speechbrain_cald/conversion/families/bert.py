@@ -42,7 +42,7 @@ class BertFamily(SourceFamily):
         "BERT-family encoders whose layers have a BertSelfAttention-shaped "
         "attention.self (BERT, RoBERTa, ...)"
     )
-    mixers = ("linformer",)
+    default_mixer = "linformer"
     slot_attribute = "attention.self"
 
     def matches(self, model):

@@ -24,7 +24,8 @@ class GPTNeoXMixerSlot(RecurrentMixerSlot):
 class GPTNeoXFamily(SourceFamily):
     name = "gpt_neox"
     description = "GPTNeoXModel / GPTNeoXFor* (model_type 'gpt_neox')"
-    mixers = ("mamba", "mamba2")
+    causal = True
+    default_mixer = "mamba"
 
     def matches(self, model):
         return getattr(getattr(model, "config", None), "model_type", None) == "gpt_neox"

@@ -17,7 +17,6 @@ class Wav2Vec2Family(SourceFamily):
         "Wav2Vec2, HuBERT, Data2Vec-Audio (*Model / *For*; model_type 'wav2vec2', "
         "'hubert', 'data2vec-audio')"
     )
-    mixers = ("bimamba2", "bimamba2_shared")
     model_types = ("wav2vec2", "hubert", "data2vec-audio")
 
     def matches(self, model):
@@ -28,14 +27,6 @@ class Wav2Vec2Family(SourceFamily):
 
     def attention_projections(self, attention):
         return attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj
-
-    def notes(self, model, spec, lobe_config, init):
-        if init != "attention":
-            return []
-        return [
-            "in_proj x/B/C rows <- V/K/Q and out_proj <- O; in_proj z/dt rows random; "
-            "attention biases dropped"
-        ]
 
 
 register_family(Wav2Vec2Family())

@@ -29,8 +29,7 @@ class WavLMFamily(Wav2Vec2Family):
     def notes(self, model, spec, lobe_config, init):
         return [
             "WavLM's gated relative position bias (rel_attn_embed, gru_rel_pos_linear, "
-            "gru_rel_pos_const) belongs to attention and is replaced with it",
-            *super().notes(model, spec, lobe_config, init),
+            "gru_rel_pos_const) belongs to attention and is replaced with it"
         ]
 
 

@@ -24,7 +24,6 @@ class WhisperEncoderFamily(SourceFamily):
         "'whisper_encoder'; HF's WhisperEncoder, e.g. WhisperModel.get_encoder(), and "
         "WhisperForAudioClassification)"
     )
-    mixers = ("bimamba2", "bimamba2_shared")
     slot_attribute = "self_attn"
 
     def matches(self, model):
@@ -44,12 +43,8 @@ class WhisperEncoderFamily(SourceFamily):
 
     def notes(self, model, spec, lobe_config, init):
         if getattr(model, "adds_positions", True):
-            notes = ["sinusoidal positions kept (added before the first layer)"]
-        else:
-            notes = ["sinusoidal positions dropped (the student adds none)"]
-        if init == "attention":
-            notes.append("in_proj x/B/C rows <- V/K/Q and out_proj <- O; attention biases dropped")
-        return notes
+            return ["sinusoidal positions kept (added before the first layer)"]
+        return ["sinusoidal positions dropped (the student adds none)"]
 
 
 register_family(WhisperEncoderFamily())
