@@ -11,23 +11,50 @@ same way in training (`tasks`), inference (`inference.SpeechEncoder`) and analys
    the weights into students, exports and inference folders;
 2. a wav2vec2-style CNN feature encoder made padding-exact (and chunked on request)
    by `feature_encoder.exact_feature_encoder` (Whisper's encoder masks its own
-   convolutions, `models.whisper_encoder`);
+   convolutions, `models.whisper_encoder`; its log-mel input is `log_mel` here);
 3. the model call with the sample mask, and the valid-frame mask of its outputs.
 """
 
 import contextlib
 
+import numpy as np
+import torch
 import transformers
 
 from speechbrain_cald.feature_encoder import exact_feature_encoder
 from speechbrain_cald.masks import counts_to_mask, lengths_to_mask
-from speechbrain_cald.models.whisper_encoder import log_mel
 
+HOP = 160  # Whisper: samples per mel frame (10 ms at 16 kHz)
+N_FFT = 400
 FEATURE_EXTRACTOR_KEY = "cald_feature_extractor"
 # What wav2vec2-style checkpoints expect (facebook/wav2vec2-base, -large-lv60):
 # models built from a config (tests, pretraining from scratch) get it unless the
 # YAML says otherwise (`feature_extractor` options).
 DEFAULT_FEATURE_EXTRACTOR = {"do_normalize": True, "return_attention_mask": True}
+
+
+def log_mel(wavs, lengths, mel_filters):
+    """Per-utterance Whisper log-mel features of right-padded waveforms.
+
+    wavs `(batch, samples)` at 16 kHz, lengths `(batch,)` valid samples,
+    mel_filters `(n_fft // 2 + 1, mels)` (the feature extractor's). Each utterance
+    alone: centred STFT (reflect padding), power, mel, log10 clamped at 1e-10, floor
+    at its own max - 8, (x + 4) / 4. Returns ((batch, mels, frames) padded with 0,
+    frames per utterance = samples // 160).
+    """
+    window = torch.hann_window(N_FFT, device=wavs.device)
+    filters = torch.as_tensor(np.asarray(mel_filters), dtype=torch.float32, device=wavs.device)
+    frames = torch.div(lengths, HOP, rounding_mode="floor")
+    out = wavs.new_zeros(wavs.shape[0], filters.shape[1], int(frames.max()))
+    for row, (n, t) in enumerate(zip(lengths.tolist(), frames.tolist())):
+        if n <= N_FFT // 2:
+            raise ValueError(f"utterance {row} has {n} samples; Whisper needs more than 200")
+        stft = torch.stft(wavs[row, :n].float(), N_FFT, HOP, window=window, return_complex=True)
+        power = stft[..., :-1].abs() ** 2  # (freq, frames): the last frame dropped, as HF
+        spec = (filters.T @ power).clamp(min=1e-10).log10()
+        spec = torch.maximum(spec, spec.max() - 8.0)
+        out[row, :, :t] = ((spec + 4.0) / 4.0)[:, :t]
+    return out, frames
 
 
 def feature_extractor_for(source=None, options=None):
@@ -59,7 +86,7 @@ def feature_extractor_from_config(config):
         raise ValueError(
             f"the {config.model_type} config records no input normalisation "
             f"({FEATURE_EXTRACTOR_KEY!r}); prepare the model with "
-            "speechbrain_cald.recipe.prepare_pretrained or load it with a speech Task"
+            "speechbrain_cald.experiment.prepare_pretrained or load it with a speech Task"
         )
     settings = dict(settings)
     cls = getattr(transformers, settings.pop("feature_extractor_type"))

@@ -4,7 +4,7 @@ HF's `WhisperEncoder` takes exactly 30 s of log-mel frames (3000) and no mask: t
 model was trained on 30 s windows. Here the encoder runs on any length, padded
 batches included:
 
-- input: per-utterance log-mel features (`log_mel`, as `WhisperFeatureExtractor` with
+- input: per-utterance log-mel features (`speech_input.log_mel`, as `WhisperFeatureExtractor` with
   `padding="longest"` computes them for one utterance), `(batch, 80, mel frames)`,
   padding 0, with a mel-frame mask;
 - conv1 -> GELU -> (padding zeroed) -> conv2 -> GELU: a padded utterance gives the
@@ -22,7 +22,6 @@ from a Whisper checkpoint (hub id or folder; its encoder weights, bit-identical)
 
 import math
 
-import numpy as np
 import torch
 import transformers
 from torch import nn
@@ -31,9 +30,7 @@ from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 from transformers.models.whisper.modeling_whisper import WhisperEncoder, WhisperPreTrainedModel
 
 from speechbrain_cald.masks import counts_to_mask
-
-HOP = 160  # samples per mel frame (10 ms at 16 kHz)
-N_FFT = 400
+from speechbrain_cald.speech_input import HOP
 
 
 class CALDWhisperEncoderConfig(WhisperConfig):
@@ -53,30 +50,6 @@ def sinusoids(length, channels, max_timescale=10000.0):
     inv_timescales = torch.exp(-increment * torch.arange(channels // 2, dtype=torch.float64))
     scaled = torch.arange(length, dtype=torch.float64)[:, None] * inv_timescales[None, :]
     return torch.cat([scaled.sin(), scaled.cos()], dim=1).float()
-
-
-def log_mel(wavs, lengths, mel_filters):
-    """Per-utterance Whisper log-mel features of right-padded waveforms.
-
-    wavs `(batch, samples)` at 16 kHz, lengths `(batch,)` valid samples,
-    mel_filters `(n_fft // 2 + 1, mels)` (the feature extractor's). Each utterance
-    alone: centred STFT (reflect padding), power, mel, log10 clamped at 1e-10, floor
-    at its own max - 8, (x + 4) / 4. Returns ((batch, mels, frames) padded with 0,
-    frames per utterance = samples // 160).
-    """
-    window = torch.hann_window(N_FFT, device=wavs.device)
-    filters = torch.as_tensor(np.asarray(mel_filters), dtype=torch.float32, device=wavs.device)
-    frames = torch.div(lengths, HOP, rounding_mode="floor")
-    out = wavs.new_zeros(wavs.shape[0], filters.shape[1], int(frames.max()))
-    for row, (n, t) in enumerate(zip(lengths.tolist(), frames.tolist())):
-        if n <= N_FFT // 2:
-            raise ValueError(f"utterance {row} has {n} samples; Whisper needs more than 200")
-        stft = torch.stft(wavs[row, :n].float(), N_FFT, HOP, window=window, return_complex=True)
-        power = stft[..., :-1].abs() ** 2  # (freq, frames): the last frame dropped, as HF
-        spec = (filters.T @ power).clamp(min=1e-10).log10()
-        spec = torch.maximum(spec, spec.max() - 8.0)
-        out[row, :, :t] = ((spec + 4.0) / 4.0)[:, :t]
-    return out, frames
 
 
 class WhisperEncoderModel(WhisperPreTrainedModel):

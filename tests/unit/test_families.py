@@ -147,7 +147,7 @@ def test_whisper_log_mel_equals_hf_feature_extractor():
     for n in (1600, 16000 + 37):
         audio = (0.1 * gen.standard_normal(n)).astype(np.float32)
         hf = extractor(audio, sampling_rate=16000, padding="longest", return_tensors="pt")
-        ours, frames = whisper_encoder.log_mel(
+        ours, frames = speech_input.log_mel(
             torch.from_numpy(audio)[None], torch.tensor([n]), extractor.mel_filters
         )
         assert int(frames) == n // 160
