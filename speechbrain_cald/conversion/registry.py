@@ -65,6 +65,13 @@ class MixerSpec:
     def make_config(self, sizes: dict, overrides: dict, init: str):
         """The resolved lobe config for a model of generic `sizes` (`SourceFamily.sizes`)."""
         lobe_sizes = self.sizes(sizes)
+        known = {f.name for f in dataclasses.fields(self.config_class)}
+        if set(overrides) - known:
+            raise ValueError(
+                f"mixer_config {sorted(set(overrides) - known)}: not fields of mixer "
+                f"{self.name!r} ({self.config_class.__name__}: {sorted(known - set(lobe_sizes))}); "
+                "a recipe's student_mixer_config belongs to its student_mixer"
+            )
         derived = set(lobe_sizes).intersection(overrides)
         if derived:
             raise ValueError(

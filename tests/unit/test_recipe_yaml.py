@@ -71,3 +71,47 @@ def test_workflow_runs_std_first_then_every_mode_then_hybrid():
         "d",
     ]
     assert len(workflow.commands("h.yaml", [])) == len(MODES)  # no switch step: no hybrid run
+
+
+def test_speech_yamls_are_mixer_neutral():
+    """Every speech recipe YAML converts with any bidirectional mixer given on the
+    command line (`--student_mixer`, plus its own `--student_mixer_config` where the
+    mixer needs one), the base YAML's defaults being the mixer's own (the paper's for
+    bimamba2); a YAML's small bimamba2 config under another mixer is one clear error."""
+    from pathlib import Path
+
+    import pytest
+    from test_conversion import tiny_wav2vec2
+
+    from speechbrain_cald.conversion import convert_to_student
+
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    yamls = [
+        root / "TEDLIUM/ASR/hparams/wav2vec2_cald.yaml",
+        root / "SLURP/IC/hparams/wav2vec2_cald.yaml",
+        root / "VoxCeleb1/SID/hparams/wav2vec2_cald.yaml",
+        root / "FSDD/hparams/whisper_asr.yaml",
+        root / "FSDD/hparams/whisper_sid.yaml",
+    ]
+    # (positions kept: the tiny model converted here is a wav2vec2, which adds none)
+    placeholders = "data_folder: /nowhere\noutput_root: /nowhere\nsource_hub: /nowhere\n"
+    placeholders += "student_positions: keep\n"
+    for path in yamls:
+        text = merge_base_hparams(path)
+        for mixer, config in (
+            ("bimamba2", "{}"),
+            ("bimamba2_shared", "{}"),
+            ("linformer", "{max_len: 4000, k: 8}"),
+        ):
+            overrides = f"{placeholders}student_mixer: {mixer}\nstudent_mixer_config: {config}"
+            student = load_hyperpyyaml(text, overrides)["student_config"]
+            report = convert_to_student(tiny_wav2vec2(), student)[1]
+            assert report.mixer == mixer, path
+        default = load_hyperpyyaml(text, placeholders)["student_config"]
+        assert default.mixer == "bimamba2" and default.mixer_config == {}, path
+    small = root / "FSDD/hparams/wav2vec2_cald.yaml"
+    student = load_hyperpyyaml(
+        merge_base_hparams(small) or small.read_text(), "data_folder: /x\nstudent_mixer: linformer"
+    )["student_config"]
+    with pytest.raises(ValueError, match=r"\['chunk_size', 'd_state', 'headdim'\]: not fields"):
+        convert_to_student(tiny_wav2vec2(), student)
