@@ -227,3 +227,29 @@ def test_front_end_freezing_is_the_familys(registered):
         conversion.FAMILIES.update(saved)
     assert not any(p.requires_grad for p in model.base_model.feature_projection.parameters())
     assert model.base_model.encoder.layers[0].attention.q_proj.weight.requires_grad
+
+
+def test_registered_family_and_mixer_pass_the_conformance_checks(registered, tmp_path):
+    """What the registries' own pairs get (test_conformance.py), by registering: the
+    new family with the new mixer, and the new mixer in a built-in family it fits."""
+    import conformance
+    import tiny_models
+
+    def gpt2_lm():
+        config = transformers.GPT2Config(
+            vocab_size=tiny_models.TEXT_VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=2,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        )  # fmt: skip
+        return transformers.GPT2LMHeadModel(config).eval()
+
+    tiny_models.add_model(GPT2Family.name, gpt2_lm, "lm")
+    try:
+        pairs = conformance.pairs()
+        assert (GPT2Family.name, GATED_CONV.name) in pairs and (
+            "gpt_neox",
+            GATED_CONV.name,
+        ) in pairs
+        for family in (GPT2Family.name, "gpt_neox"):
+            conformance.run_all(family, GATED_CONV.name, tmp_path / family)
+    finally:
+        del tiny_models.MODELS[GPT2Family.name]

@@ -50,9 +50,14 @@ class BertFamily(SourceFamily):
         layers = getattr(getattr(base, "encoder", None), "layer", None)
         if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
             return False
+        converted = getattr(model.config, "cald_student", None)  # slots hold mixers now
         for layer in layers:
             attention = getattr(getattr(layer, "attention", None), "self", None)
-            if not all(isinstance(getattr(attention, n, None), nn.Linear) for n in PROJECTIONS):
+            if attention is None:
+                return False
+            if not converted and not all(
+                isinstance(getattr(attention, n, None), nn.Linear) for n in PROJECTIONS
+            ):
                 return False
         if model.config.is_decoder:
             raise ValueError(
