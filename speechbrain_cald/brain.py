@@ -20,7 +20,7 @@ import speechbrain as sb
 from speechbrain.utils.checkpoints import register_checkpoint_hooks
 from speechbrain.utils.distributed import main_process_only
 
-from speechbrain_cald import param_groups
+from speechbrain_cald import conversion, param_groups
 from speechbrain_cald.exports import atomic_folder
 from speechbrain_cald.losses import (
     check_layer_compatibility,
@@ -123,6 +123,7 @@ class CALDBrain(ResumableBrain):
                 getattr(self.hparams, "distill_skip_first", 1),
                 getattr(self.hparams, "distill_skip_last", 0),
                 getattr(self.hparams, "ld_layer_reduction", "mean"),
+                conversion.kept_attention(unwrapped(self.modules.student)),
             )
         terms = self.weights.combine(self.task.loss(student, batch), kd, ld)
         self.record_terms(terms)

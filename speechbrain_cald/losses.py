@@ -32,7 +32,7 @@ def kd_loss(student_logits, teacher_logits, mask=None, temperature=2.0):
     return _masked_mean(kl, mask)
 
 
-def distilled_layers(n_hidden, layers=None, skip_first=1, skip_last=0):
+def distilled_layers(n_hidden, layers=None, skip_first=1, skip_last=0, kept=()):
     """{student index: teacher index} of the hidden states to distil.
 
     `n_hidden`: number of HF `hidden_states` (layers + 1; index 0 = embedding output).
@@ -40,11 +40,14 @@ def distilled_layers(n_hidden, layers=None, skip_first=1, skip_last=0):
     None: indices skip_first .. n_hidden - 1 - skip_last. Speech (ref): skip_first 1
     (no embedding output). NLP (ref): skip_first 0. LM (ref `distill_skip_last=1`):
     skip_last 1, because HF's last hidden state of GPT-NeoX is the final-LayerNorm
-    output, not layer L's.
+    output, not layer L's. `kept`: layers of a hybrid student that kept their
+    attention (`conversion.kept_attention`): their outputs (hidden state index + 1) get
+    no target of their own; they still feed the next converted layer.
     """
     if layers is None:
         layers = range(skip_first, n_hidden - skip_last)
     pairs = dict(layers) if isinstance(layers, Mapping) else {i: i for i in layers}
+    pairs = {s: t for s, t in pairs.items() if s - 1 not in set(kept)}
     if not pairs:
         raise ValueError(f"no layer to distil among {n_hidden} hidden states")
     return pairs
@@ -59,12 +62,13 @@ def layerwise_distillation_loss(
     skip_first=1,
     skip_last=0,
     reduction="mean",
+    kept=(),
 ):
     """Hidden-state MSE per distilled layer, averaged (or summed) over layers.
 
     `student_hidden` / `teacher_hidden`: sequences of (batch, time, d) tensors as in
     HF `hidden_states` (index 0 = embedding output); the layers are
-    `distilled_layers(len(teacher_hidden), layers, skip_first, skip_last)`. Each
+    `distilled_layers(len(teacher_hidden), layers, skip_first, skip_last, kept)`. Each
     layer: optional parameter-free LayerNorm over features, MSE averaged over
     features, summed over valid frames / their count. `reduction` over layers: "mean"
     (speech and LM reference) or "sum" (NLP reference, raw states, no LayerNorm).
@@ -72,7 +76,8 @@ def layerwise_distillation_loss(
     if reduction not in ("mean", "sum"):
         raise ValueError(f"ld reduction must be 'mean' or 'sum', not {reduction!r}")
     terms = []
-    for i, j in distilled_layers(len(teacher_hidden), layers, skip_first, skip_last).items():
+    pairs = distilled_layers(len(teacher_hidden), layers, skip_first, skip_last, kept)
+    for i, j in pairs.items():
         s, t = student_hidden[i].float(), teacher_hidden[j].float()
         if layer_norm:
             s = F.layer_norm(s, s.shape[-1:])

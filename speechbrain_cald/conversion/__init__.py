@@ -33,6 +33,7 @@ from speechbrain_cald.conversion.config import ConversionReport, StudentConfig
 from speechbrain_cald.conversion.convert import (
     build_student_from_config,
     convert_to_student,
+    kept_attention,
     student_slots,
 )
 from speechbrain_cald.conversion.io import from_pretrained, load_student
@@ -59,6 +60,7 @@ __all__ = [
     "StudentConfig",
     "build_student_from_config",
     "convert_to_student",
+    "kept_attention",
     "detect_family",
     "fitting_mixers",
     "freeze_front_end",

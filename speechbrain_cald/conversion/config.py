@@ -32,12 +32,16 @@ class StudentConfig:
             encoder): a recurrent mixer carries order itself, and positions it never
             saw in training (inputs longer than the training utterances) are an input
             shift it cannot have learned.
+        keep_attention: indices of the layers that keep their attention, exactly as in
+            the source (a hybrid student); every other layer is converted. Empty: all
+            converted (the paper's student).
     """
 
     mixer: str = "auto"
     mixer_config: dict = field(default_factory=dict)
     init: str = "random"
     positions: str = "keep"
+    keep_attention: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.mixer != "auto" and self.mixer not in MIXERS:
@@ -45,6 +49,12 @@ class StudentConfig:
             raise ValueError(f"StudentConfig.mixer must be one of {choices}, got {self.mixer!r}")
         if self.init not in INITS:
             raise ValueError(f"StudentConfig.init must be one of {INITS}, got {self.init!r}")
+        keep = list(self.keep_attention or [])
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in keep):
+            raise ValueError(f"StudentConfig.keep_attention: layer indices >= 0, got {keep!r}")
+        if len(set(keep)) != len(keep):
+            raise ValueError(f"StudentConfig.keep_attention: {keep!r} repeats a layer")
+        self.keep_attention = sorted(keep)
         if self.positions not in POSITIONS:
             raise ValueError(
                 f"StudentConfig.positions must be one of {POSITIONS}, got {self.positions!r}"
@@ -60,7 +70,13 @@ class StudentConfig:
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown StudentConfig keys: {sorted(unknown)}")
-        return cls(**{**data, "mixer_config": dict(data.get("mixer_config", {}))})
+        return cls(
+            **{
+                **data,
+                "mixer_config": dict(data.get("mixer_config", {})),
+                "keep_attention": list(data.get("keep_attention", [])),
+            }
+        )
 
 
 @dataclass

@@ -64,13 +64,26 @@ def _slot_parent(layer: nn.Module, attribute: str) -> tuple[nn.Module, str]:
     return layer, last
 
 
-def _replace_slots(model, family: SourceFamily, spec: MixerSpec, overrides: dict, init: str):
-    """Swap each layer's attention for a slot; returns (lobe config, {mixer module:
-    parameter names initialised from attention})."""
+def _replace_slots(model, family: SourceFamily, spec: MixerSpec, config: StudentConfig):
+    """Swap the attention of each layer not in `config.keep_attention` for a slot;
+    returns (lobe config, {mixer module: parameter names initialised from attention})."""
+    overrides, init = dict(config.mixer_config), config.init
     sizes = family.sizes(model.config)
     lobe_config = spec.make_config(sizes, overrides, init)
+    layers = family.layers(model)
+    if config.keep_attention and config.keep_attention[-1] >= len(layers):
+        raise ValueError(
+            f"keep_attention {config.keep_attention}: the model has {len(layers)} layers "
+            f"(0..{len(layers) - 1})"
+        )
+    if len(config.keep_attention) == len(layers):
+        raise ValueError(f"keep_attention keeps all {len(layers)} layers: nothing to convert")
+    if config.keep_attention:
+        family.check_keep_attention(model, config.keep_attention)
     shared, from_attention = {}, {}
-    for layer in family.layers(model):
+    for index, layer in enumerate(layers):
+        if index in config.keep_attention:
+            continue
         parent, name = _slot_parent(layer, family.slot_attribute)
         attention = getattr(parent, name)
         weight = next(attention.parameters())
@@ -91,10 +104,22 @@ def _replace_slots(model, family: SourceFamily, spec: MixerSpec, overrides: dict
 def student_slots(model: nn.Module) -> list[nn.Module]:
     """The modules a conversion put in the attention slots of `model`, layer by layer
     (empty for a model that is not a CALD student)."""
-    if not getattr(model.config, "cald_student", None):
+    stored = getattr(model.config, "cald_student", None)
+    if not stored:
         return []
-    family = detect_family(model)
-    return [getattr(*_slot_parent(layer, family.slot_attribute)) for layer in family.layers(model)]
+    family, kept = detect_family(model), set(stored.get("keep_attention", []))
+    return [
+        getattr(*_slot_parent(layer, family.slot_attribute))
+        for index, layer in enumerate(family.layers(model))
+        if index not in kept
+    ]
+
+
+def kept_attention(model: nn.Module) -> list[int]:
+    """The layers of a CALD student that kept their attention (`StudentConfig.keep_attention`;
+    empty for a model converted whole or not converted)."""
+    stored = getattr(model.config, "cald_student", None) or {}
+    return list(stored.get("keep_attention", []))
 
 
 def _declare_shared_parameters(model: nn.Module, slots: list[nn.Module]) -> None:
@@ -133,14 +158,13 @@ def _convert_in_place(model: PreTrainedModel, config: StudentConfig) -> Conversi
     teacher_names = list(_named_tensors(model))
     teacher_parameters = _numel(model)
 
-    lobe_config, from_attention = _replace_slots(
-        model, family, spec, dict(config.mixer_config), config.init
-    )
+    lobe_config, from_attention = _replace_slots(model, family, spec, config)
     stored = StudentConfig(
         mixer=spec.name,
         mixer_config=spec.stored_fields(lobe_config, family.sizes(model.config)),
         init=config.init,
         positions=config.positions,
+        keep_attention=config.keep_attention,
     )
     model.config.cald_student = stored.to_dict()
     model.config.architectures = [type(model).__name__]  # what rebuilding instantiates
@@ -167,7 +191,8 @@ def _convert_in_place(model: PreTrainedModel, config: StudentConfig) -> Conversi
         teacher_parameters=teacher_parameters,
         student_parameters=_numel(model),
         notes=family.notes(model, spec, lobe_config, config.init)
-        + ([spec.init_note] if config.init == "attention" and spec.init_note else []),
+        + ([spec.init_note] if config.init == "attention" and spec.init_note else [])
+        + ([f"attention kept in layers {config.keep_attention}"] if config.keep_attention else []),
     )
 
 

@@ -231,6 +231,10 @@ class SourceFamily:
         `cald_student`). Default: no."""
         return False
 
+    def check_keep_attention(self, model, keep: list[int]) -> None:
+        """ValueError when the layers `keep` cannot keep their attention beside
+        converted ones (StudentConfig.keep_attention). Default: any layers can."""
+
     def make_slot(self, mixer: nn.Module, spec: MixerSpec, attention: nn.Module) -> nn.Module:
         """The module that takes the attention's place (default: `MixerSlot`)."""
         return MixerSlot(mixer, spec.causal)

@@ -35,10 +35,15 @@ def pairs():
     ]
 
 
-def student_of(family, mixer):
-    """(teacher, student, report) of the family's tiny model with the mixer's tiny config."""
+def student_of(family, mixer, keep=()):
+    """(teacher, student, report) of the family's tiny model with the mixer's tiny config;
+    `keep`: layers that keep their attention (a hybrid student)."""
     teacher = MODELS[family][0]()
-    config = {"mixer": mixer, "mixer_config": MIXER_CONFIGS.get(mixer, {})}
+    config = {
+        "mixer": mixer,
+        "mixer_config": MIXER_CONFIGS.get(mixer, {}),
+        "keep_attention": list(keep),
+    }
     student, report = conversion.convert_to_student(teacher, config)
     return teacher, student.eval(), report
 
@@ -74,9 +79,9 @@ def assert_close(actual, expected):
     torch.testing.assert_close(actual, expected, rtol=RTOL, atol=RTOL * scale)
 
 
-def check_padded_equals_alone(family, mixer):
+def check_padded_equals_alone(family, mixer, keep=()):
     factory, kind = MODELS[family]
-    teacher, student, _ = student_of(family, mixer)
+    teacher, student, _ = student_of(family, mixer, keep)
     items = inputs(kind, torch.Generator().manual_seed(5))
     for model in (teacher, student):
         for order in (items, items[::-1]):
@@ -85,9 +90,9 @@ def check_padded_equals_alone(family, mixer):
                 assert_close(out, outputs(model, kind, [item])[0])
 
 
-def check_save_load(family, mixer, folder):
+def check_save_load(family, mixer, folder, keep=()):
     kind = MODELS[family][1]
-    _, student, _ = student_of(family, mixer)
+    _, student, _ = student_of(family, mixer, keep)
     items = inputs(kind, torch.Generator().manual_seed(6))
     student.save_pretrained(folder)
     reloaded = conversion.from_pretrained(folder).eval()
@@ -95,11 +100,11 @@ def check_save_load(family, mixer, folder):
         assert_close(a, b)
 
 
-def check_export_reload(family, mixer, folder):
+def check_export_reload(family, mixer, folder, keep=()):
     from test_inference import WORDS, word_tokenizer
 
     kind = MODELS[family][1]
-    _, student, _ = student_of(family, mixer)
+    _, student, _ = student_of(family, mixer, keep)
     items = inputs(kind, torch.Generator().manual_seed(7))
     expected = outputs(student, kind, items)
     task = {"speech": CTCASR(VOCAB), "classify": SequenceClassification(), "lm": CausalLM()}[kind]
@@ -141,6 +146,41 @@ def check_attention_init_report(family, mixer):
     assert report.from_attention, f"{family} x {mixer}: nothing initialised from attention"
     if spec.init_note:
         assert spec.init_note in report.notes
+
+
+def check_hybrid_keeps_its_layers(family, mixer, keep):
+    """The kept layers' attention bit-identical to the teacher's, every other layer
+    converted; the reloaded student keeps the same layers without being told."""
+    source = conversion.FAMILIES[family]
+    teacher, student, report = student_of(family, mixer, keep)
+    teacher_state = teacher.state_dict()
+    for index, (t_layer, s_layer) in enumerate(zip(source.layers(teacher), source.layers(student))):
+        t_slot, s_slot = t_layer, s_layer
+        for name in source.slot_attribute.split("."):
+            t_slot, s_slot = getattr(t_slot, name), getattr(s_slot, name)
+        if index in keep:
+            assert type(s_slot) is type(t_slot)
+            for name, value in s_slot.state_dict().items():
+                assert torch.equal(value, t_slot.state_dict()[name]), (index, name)
+        else:
+            assert s_slot in conversion.student_slots(student)
+    assert conversion.kept_attention(student) == sorted(keep)
+    assert f"attention kept in layers {sorted(keep)}" in report.notes
+    assert set(report.kept) == set(teacher_state) - set(report.replaced)
+
+
+def check_generation_with_cache(family, mixer, keep=()):
+    """A language model generates the same tokens with its cache (keys/values for kept
+    attention layers, recurrent states for converted ones) as without."""
+    _, student, _ = student_of(family, mixer, keep)
+    prompt = torch.randint(4, TEXT_VOCAB, (2, 5), generator=torch.Generator().manual_seed(8))
+    mask = torch.ones_like(prompt)
+    mask[1, :2] = 0  # a left-padded prompt
+    options = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        cached = student.generate(prompt, attention_mask=mask, use_cache=True, **options)
+        plain = student.generate(prompt, attention_mask=mask, use_cache=False, **options)
+    assert torch.equal(cached, plain)
 
 
 def run_all(family, mixer, folder):

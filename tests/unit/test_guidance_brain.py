@@ -6,7 +6,9 @@ resume exactly, and a layer mismatch fails at fit start with a clear error.
 
 import contextlib
 import copy
+import math
 import os
+import sys
 
 import pytest
 import speechbrain as sb
@@ -17,8 +19,9 @@ from speechbrain.nnet.schedulers import WarmAndExpDecayLRSchedule
 from speechbrain.utils.checkpoints import Checkpointer
 from test_speech_input import count_cnn_passes
 
+from speechbrain_cald import brain as brain_module
+from speechbrain_cald import conversion, speech_input
 from speechbrain_cald import guidance as g
-from speechbrain_cald import speech_input
 from speechbrain_cald.brain import CALDBrain
 from speechbrain_cald.conversion import StudentConfig
 from speechbrain_cald.losses import CALDLossWeights
@@ -522,3 +525,34 @@ def test_lm_recipe_distils_layers_1_to_l_minus_1_not_the_final_norm_output():
         return ((a - b) ** 2).mean(-1)[valid].mean()
 
     assert loss.item() == pytest.approx(((term(1) + term(2)) / 2).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "std"])
+def test_a_hybrid_student_trains_in_every_guided_mode(folders, tmp_path, mode, monkeypatch):
+    """keep_attention in every mode: the kept layer trains as attention (pretrained
+    role), the converted one as a mixer, and L_LD leaves the kept layer's output out."""
+    hybrid = StudentConfig(mixer_config=STUDENT.mixer_config, keep_attention=[0])
+    monkeypatch.setattr(sys.modules[__name__], "STUDENT", hybrid)
+    brain = make_brain(MODES[mode](folders, tmp_path), tmp_path)
+    seen = []
+    real = brain_module.layerwise_distillation_loss
+    monkeypatch.setattr(
+        brain_module,
+        "layerwise_distillation_loss",
+        lambda *args: seen.append(args[-1]) or real(*args),
+    )
+    brain.on_fit_start()
+    student = brain.modules.student
+    kept = {
+        k: v.clone() for k, v in student.base_model.encoder.layers[0].attention.state_dict().items()
+    }
+    losses = train(brain, make_batches(2))
+    assert all(math.isfinite(loss) for loss in losses)
+    assert conversion.kept_attention(student) == [0]
+    layers = student.base_model.encoder.layers
+    assert not isinstance(layers[0].attention, conversion.MixerSlot)
+    assert isinstance(layers[1].attention, conversion.MixerSlot)
+    moved = student.base_model.encoder.layers[0].attention.state_dict()
+    assert any(not torch.equal(moved[k], v) for k, v in kept.items())  # it trains
+    if brain.step_terms["ld"]:
+        assert seen and all(list(k) == [0] for k in seen)

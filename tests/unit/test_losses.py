@@ -89,3 +89,35 @@ def test_weights_combine_reports_each_term():
     }
     assert not CALDLossWeights().guided
     assert CALDLossWeights().combine(torch.tensor(2.0))["total"].item() == 2.0
+
+
+def test_ld_gives_kept_attention_layers_no_target():
+    """A hybrid student's kept layers (their outputs: hidden state index + 1) are left
+    out of L_LD; the converted layers' terms are the same as without them."""
+    from speechbrain_cald.losses import distilled_layers
+
+    assert distilled_layers(5) == {1: 1, 2: 2, 3: 3, 4: 4}
+    assert distilled_layers(5, kept=[0, 2]) == {2: 2, 4: 4}
+    assert distilled_layers(5, {1: 2, 3: 4}, kept=[0]) == {3: 4}
+    gen = torch.Generator().manual_seed(0)
+    student = [torch.randn(2, 6, 8, generator=gen) for _ in range(5)]
+    teacher = [torch.randn(2, 6, 8, generator=gen) for _ in range(5)]
+    hybrid = layerwise_distillation_loss(student, teacher, kept=[1])
+    only = layerwise_distillation_loss(student, teacher, layers=[1, 3, 4])
+    torch.testing.assert_close(hybrid, only, rtol=0, atol=0)
+
+
+def test_kept_attention_is_a_pretrained_parameter_role():
+    from test_conformance import MIXER_CONFIGS, MODELS
+
+    from speechbrain_cald import conversion
+    from speechbrain_cald.param_groups import parameter_roles
+
+    student, _ = conversion.convert_to_student(
+        MODELS["wav2vec2"][0](), {"keep_attention": [0], "mixer_config": MIXER_CONFIGS["bimamba2"]}
+    )
+    roles = parameter_roles(student)
+    kept = {id(p) for p in student.base_model.encoder.layers[0].attention.parameters()}
+    converted = {id(p) for p in student.base_model.encoder.layers[1].attention.parameters()}
+    assert kept <= {id(p) for p in roles["pretrained"]}
+    assert converted <= {id(p) for p in roles["mixers"]}

@@ -11,11 +11,11 @@ from speechbrain_cald.conversion.registry import MixerSlot, register_family
 
 class WavLMMixerSlot(MixerSlot):
     """Called by WavLMEncoderLayer as `attention(hidden_states, attention_mask=mask,
-    position_bias=..., index=...)`; returns `(output, None, None)`: no position bias
-    is computed or passed on."""
+    position_bias=..., index=...)`; returns `(output, None, position_bias)`: the bias
+    it received is passed on unchanged (for attention layers a hybrid keeps after it)."""
 
-    def forward(self, hidden_states, attention_mask=None, **kwargs):
-        return self.mix(hidden_states, attention_mask), None, None
+    def forward(self, hidden_states, attention_mask=None, position_bias=None, **kwargs):
+        return self.mix(hidden_states, attention_mask), None, position_bias
 
 
 class WavLMFamily(Wav2Vec2Family):
@@ -25,6 +25,13 @@ class WavLMFamily(Wav2Vec2Family):
 
     def make_slot(self, mixer, spec, attention):
         return WavLMMixerSlot(mixer, spec.causal)
+
+    def check_keep_attention(self, model, keep):
+        if 0 not in keep:
+            raise ValueError(
+                f"keep_attention {keep}: WavLM's kept attention layers read the relative "
+                "position bias that layer 0's attention computes; keep layer 0 too"
+            )
 
     def notes(self, model, spec, lobe_config, init):
         return [
