@@ -158,10 +158,13 @@ def model_flops(
 
 
 def student_config(args: argparse.Namespace) -> StudentConfig:
-    """The default StudentConfig with --mixer and --mixer-config (e.g. {"d_state": 64})."""
+    """The default StudentConfig with --mixer, --mixer-config (e.g. {"d_state": 64}) and
+    --keep-attention (layer indices that keep attention: a hybrid student)."""
     default = StudentConfig()
     mixer_config = {**default.mixer_config, **args.mixer_config}
-    return StudentConfig(mixer=args.mixer, mixer_config=mixer_config)
+    return StudentConfig(
+        mixer=args.mixer, mixer_config=mixer_config, keep_attention=args.keep_attention
+    )
 
 
 def student_mixer_config(config: Wav2Vec2Config, args: argparse.Namespace) -> Mamba2Config:
@@ -269,7 +272,7 @@ def run_child(args: argparse.Namespace, *child: str) -> dict:
     cmd = [sys.executable, __file__, "--threads", str(args.threads), "--repeats"]
     cmd += [str(args.repeats), *(["--large"] if args.large else [])]
     cmd += ["--cnn-chunk", str(args.cnn_chunk), "--mixer-config", json.dumps(args.mixer_config)]
-    cmd += ["--mixer", args.mixer]
+    cmd += ["--mixer", args.mixer, "--keep-attention", *map(str, args.keep_attention)]
     cmd += [*(["--plain-malloc"] if args.plain_malloc else []), "--child", *child]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -548,6 +551,14 @@ def main():
         default="bimamba2",
         choices=["bimamba2", "bimamba2_shared"],
         help="the student's mixer: the paper's BiMamba2 or the shared-projection one",
+    )
+    parser.add_argument(
+        "--keep-attention",
+        nargs="*",
+        type=int,
+        default=[],
+        metavar="LAYER",
+        help="layers whose attention the student keeps (a hybrid student; default none)",
     )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -55,12 +55,16 @@ def cache_bytes(cache):
     return total
 
 
-def child(kind, prompt, new_tokens, mixer):
+def child(kind, prompt, new_tokens, mixer, keep_attention=()):
     """Measure one (model, prompt length) in this process; print a JSON line."""
     torch.manual_seed(0)
     model = transformers.GPTNeoXForCausalLM(pythia_160m(prompt + new_tokens + 1)).eval()
     if kind == "student":
-        config = {"mixer": mixer, "mixer_config": MIXER_CONFIGS[mixer]}
+        config = {
+            "mixer": mixer,
+            "mixer_config": MIXER_CONFIGS[mixer],
+            "keep_attention": list(keep_attention),
+        }
         model = convert_to_student(model, config)[0].eval()
     ids = torch.randint(0, 50304, (1, prompt))
     cache = transformers.DynamicCache()
@@ -87,6 +91,7 @@ def measure(kind, prompt, args):
     """Run `child` in a fresh process; its result dict."""
     cmd = [sys.executable, __file__, "--child", kind, "--prompts", str(prompt)]
     cmd += ["--new-tokens", str(args.new_tokens), "--mixer", args.mixer]
+    cmd += ["--keep-attention", *map(str, args.keep_attention)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -96,11 +101,20 @@ def main(argv=None):
     parser.add_argument("--prompts", nargs="+", type=int, default=[512, 2048, 8192])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--mixer", default="mamba", choices=list(MIXER_CONFIGS))
+    parser.add_argument(
+        "--keep-attention",
+        nargs="*",
+        type=int,
+        default=[],
+        metavar="LAYER",
+        help="layers whose attention the student keeps (a hybrid: its cache holds their "
+        "keys and values beside the other layers' states)",
+    )
     parser.add_argument("--child", choices=["teacher", "student"], help=argparse.SUPPRESS)
     parser.add_argument("--write", help="append the table to this markdown file")
     args = parser.parse_args(argv)
     if args.child:
-        return child(args.child, args.prompts[0], args.new_tokens, args.mixer)
+        return child(args.child, args.prompts[0], args.new_tokens, args.mixer, args.keep_attention)
     print(machine.describe(), flush=True)
     head = "| prompt | model | prefill s | ms / token | cache MiB | memory growth MiB |"
     lines = [head, "|---|---|---|---|---|---|"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from speechbrain_cald.conversion.registry import MIXERS
 
 INITS = ("random", "attention")
+KEEP_METHODS = ("uniform",)  # how keep_attention {count, by} chooses the layers
 POSITIONS = ("keep", "drop")
 
 
@@ -34,14 +35,17 @@ class StudentConfig:
             shift it cannot have learned.
         keep_attention: indices of the layers that keep their attention, exactly as in
             the source (a hybrid student); every other layer is converted. Empty: all
-            converted (the paper's student).
+            converted (the paper's student). Or a choice made at conversion,
+            {"count": k, "by": "uniform"}: k layers, one in the middle of each of k equal
+            spans of the stack (`keep_layers`); the chosen indices are what the student
+            records, so a reloaded model needs no flag.
     """
 
     mixer: str = "auto"
     mixer_config: dict = field(default_factory=dict)
     init: str = "random"
     positions: str = "keep"
-    keep_attention: list = field(default_factory=list)
+    keep_attention: list | dict = field(default_factory=list)
 
     def __post_init__(self):
         if self.mixer != "auto" and self.mixer not in MIXERS:
@@ -49,6 +53,17 @@ class StudentConfig:
             raise ValueError(f"StudentConfig.mixer must be one of {choices}, got {self.mixer!r}")
         if self.init not in INITS:
             raise ValueError(f"StudentConfig.init must be one of {INITS}, got {self.init!r}")
+        if isinstance(self.keep_attention, Mapping):
+            self.keep_attention = dict(self.keep_attention)
+            count, by = self.keep_attention.get("count"), self.keep_attention.get("by")
+            if set(self.keep_attention) != {"count", "by"} or by not in KEEP_METHODS:
+                raise ValueError(
+                    f"StudentConfig.keep_attention: {self.keep_attention!r}; give layer "
+                    f"indices or {{count: k, by: {' | '.join(KEEP_METHODS)}}}"
+                )
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise ValueError(f"StudentConfig.keep_attention count: >= 1, got {count!r}")
+            return
         keep = list(self.keep_attention or [])
         if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in keep):
             raise ValueError(f"StudentConfig.keep_attention: layer indices >= 0, got {keep!r}")
@@ -74,7 +89,7 @@ class StudentConfig:
             **{
                 **data,
                 "mixer_config": dict(data.get("mixer_config", {})),
-                "keep_attention": list(data.get("keep_attention", [])),
+                "keep_attention": data.get("keep_attention", []),
             }
         )
 
@@ -119,6 +134,18 @@ class ConversionReport:
         ]
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def keep_layers(keep, n_layers: int) -> list[int]:
+    """The layer indices `keep` (StudentConfig.keep_attention) names in a stack of
+    `n_layers`: a list as given, or {"count": k, "by": "uniform"}: the middle layer of
+    each of k equal spans (k = 1 of 6: [3]; 2 of 6: [1, 4]; 1 of 4: [2])."""
+    if not isinstance(keep, Mapping):
+        return list(keep)
+    count = keep["count"]
+    if count >= n_layers:
+        raise ValueError(f"keep_attention count {count}: the model has {n_layers} layers")
+    return [((2 * j + 1) * n_layers) // (2 * count) for j in range(count)]
 
 
 def _summary_line(label: str, names: list[str]) -> str:

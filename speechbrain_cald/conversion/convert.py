@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from speechbrain_cald.conversion.config import ConversionReport, StudentConfig
+from speechbrain_cald.conversion.config import ConversionReport, StudentConfig, keep_layers
 from speechbrain_cald.conversion.registry import (
     MIXERS,
     MixerSpec,
@@ -65,24 +65,25 @@ def _slot_parent(layer: nn.Module, attribute: str) -> tuple[nn.Module, str]:
 
 
 def _replace_slots(model, family: SourceFamily, spec: MixerSpec, config: StudentConfig):
-    """Swap the attention of each layer not in `config.keep_attention` for a slot;
-    returns (lobe config, {mixer module: parameter names initialised from attention})."""
+    """Swap the attention of each layer not kept (`config.keep_attention`) for a slot;
+    returns (lobe config, {mixer module: parameter names initialised from attention},
+    the kept layer indices)."""
     overrides, init = dict(config.mixer_config), config.init
     sizes = family.sizes(model.config)
     lobe_config = spec.make_config(sizes, overrides, init)
     layers = family.layers(model)
-    if config.keep_attention and config.keep_attention[-1] >= len(layers):
+    keep = keep_layers(config.keep_attention, len(layers))
+    if keep and keep[-1] >= len(layers):
         raise ValueError(
-            f"keep_attention {config.keep_attention}: the model has {len(layers)} layers "
-            f"(0..{len(layers) - 1})"
+            f"keep_attention {keep}: the model has {len(layers)} layers (0..{len(layers) - 1})"
         )
-    if len(config.keep_attention) == len(layers):
+    if len(keep) == len(layers):
         raise ValueError(f"keep_attention keeps all {len(layers)} layers: nothing to convert")
-    if config.keep_attention:
-        family.check_keep_attention(model, config.keep_attention)
+    if keep:
+        family.check_keep_attention(model, keep)
     shared, from_attention = {}, {}
     for index, layer in enumerate(layers):
-        if index in config.keep_attention:
+        if index in keep:
             continue
         parent, name = _slot_parent(layer, family.slot_attribute)
         attention = getattr(parent, name)
@@ -98,7 +99,7 @@ def _replace_slots(model, family: SourceFamily, spec: MixerSpec, config: Student
         slot = family.make_slot(mixer, spec, attention)
         slot = slot.to(device=weight.device, dtype=weight.dtype).train(attention.training)
         setattr(parent, name, slot)
-    return lobe_config, from_attention
+    return lobe_config, from_attention, keep
 
 
 def student_slots(model: nn.Module) -> list[nn.Module]:
@@ -158,13 +159,13 @@ def _convert_in_place(model: PreTrainedModel, config: StudentConfig) -> Conversi
     teacher_names = list(_named_tensors(model))
     teacher_parameters = _numel(model)
 
-    lobe_config, from_attention = _replace_slots(model, family, spec, config)
+    lobe_config, from_attention, keep = _replace_slots(model, family, spec, config)
     stored = StudentConfig(
         mixer=spec.name,
         mixer_config=spec.stored_fields(lobe_config, family.sizes(model.config)),
         init=config.init,
         positions=config.positions,
-        keep_attention=config.keep_attention,
+        keep_attention=keep,  # the indices, also when a rule chose them
     )
     model.config.cald_student = stored.to_dict()
     model.config.architectures = [type(model).__name__]  # what rebuilding instantiates
@@ -192,7 +193,7 @@ def _convert_in_place(model: PreTrainedModel, config: StudentConfig) -> Conversi
         student_parameters=_numel(model),
         notes=family.notes(model, spec, lobe_config, config.init)
         + ([spec.init_note] if config.init == "attention" and spec.init_note else [])
-        + ([f"attention kept in layers {config.keep_attention}"] if config.keep_attention else []),
+        + ([f"attention kept in layers {keep}"] if keep else []),
     )
 
 

@@ -76,3 +76,26 @@ def test_language_model_generates_the_same_with_its_cache(keep):
     for family, (_, kind) in MODELS.items():
         if kind == "lm" and family in conversion.FAMILIES:
             check_generation_with_cache(family, conversion.FAMILIES[family].default_mixer, keep)
+
+
+def test_keep_attention_by_uniform_spacing_is_recorded_as_indices(tmp_path):
+    from speechbrain_cald.conversion.config import keep_layers
+
+    assert keep_layers({"count": 1, "by": "uniform"}, 6) == [3]
+    assert keep_layers({"count": 2, "by": "uniform"}, 6) == [1, 4]
+    assert keep_layers({"count": 1, "by": "uniform"}, 4) == [2]
+    assert keep_layers([0, 5], 6) == [0, 5]
+    with pytest.raises(ValueError, match="count 2: the model has 2 layers"):
+        keep_layers({"count": 2, "by": "uniform"}, 2)
+    with pytest.raises(ValueError, match="give layer indices or"):
+        conversion.StudentConfig(keep_attention={"count": 1, "by": "kl"})
+    config = {
+        "keep_attention": {"count": 1, "by": "uniform"},
+        "mixer_config": MIXER_CONFIGS["bimamba2"],
+    }
+    student, report = conversion.convert_to_student(MODELS["wav2vec2"][0](), config)
+    assert (
+        conversion.kept_attention(student) == [1] and "attention kept in layers [1]" in report.notes
+    )
+    student.save_pretrained(tmp_path)
+    assert conversion.kept_attention(conversion.from_pretrained(tmp_path)) == [1]
