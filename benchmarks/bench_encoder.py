@@ -552,13 +552,8 @@ def main():
         choices=["bimamba2", "bimamba2_shared"],
         help="the student's mixer: the paper's BiMamba2 or the shared-projection one",
     )
-    parser.add_argument(
-        "--keep-attention",
-        nargs="*",
-        type=int,
-        default=[],
-        metavar="LAYER",
-        help="layers whose attention the student keeps (a hybrid student; default none)",
+    machine.add_keep_attention(
+        parser, "layers whose attention the student keeps (a hybrid student; default none)"
     )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -101,14 +101,10 @@ def main(argv=None):
     parser.add_argument("--prompts", nargs="+", type=int, default=[512, 2048, 8192])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--mixer", default="mamba", choices=list(MIXER_CONFIGS))
-    parser.add_argument(
-        "--keep-attention",
-        nargs="*",
-        type=int,
-        default=[],
-        metavar="LAYER",
-        help="layers whose attention the student keeps (a hybrid: its cache holds their "
-        "keys and values beside the other layers' states)",
+    machine.add_keep_attention(
+        parser,
+        "layers whose attention the student keeps (a hybrid: its cache holds their keys "
+        "and values beside the other layers' states)",
     )
     parser.add_argument("--child", choices=["teacher", "student"], help=argparse.SUPPRESS)
     parser.add_argument("--write", help="append the table to this markdown file")

@@ -93,3 +93,10 @@ def start_peak_rss() -> Callable[[], float]:
     except OSError:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return lambda: (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def add_keep_attention(parser, help_text):
+    """The benchmarks' `--keep-attention LAYER ...` option (a hybrid student)."""
+    parser.add_argument(
+        "--keep-attention", nargs="*", type=int, default=[], metavar="LAYER", help=help_text
+    )

@@ -10,48 +10,31 @@ extractor on the same audio, and its positions continue past 30 s as sinusoids.
 import numpy as np
 import pytest
 import speechbrain as sb
+import tiny_models
 import torch
 import transformers
 from speechbrain.dataio.batch import PaddedBatch
+from tiny_models import MIXER_CONFIGS, VOCAB
 
 from speechbrain_cald import conversion, inference, speech_input
 from speechbrain_cald.models import load_source, whisper_encoder
 from speechbrain_cald.tasks import CTCASR, UtteranceClassification
 
-VOCAB = ["<blank>", "|", "a", "b", "c", "d", "e", "f"]
-MIXER = {"mixer_config": {"d_state": 7, "headdim": 8, "chunk_size": 16}}  # in_proj 48
+MIXER = {"mixer_config": MIXER_CONFIGS["bimamba2"]}  # in_proj 48
 RTOL = 1e-5
-SMALL = dict(
-    hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-    conv_dim=(8, 8, 8), conv_stride=(5, 4, 4), conv_kernel=(10, 8, 4),
-    num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2, vocab_size=len(VOCAB),
-    hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-    feat_proj_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0, final_dropout=0.0,
-)  # fmt: skip
 
 
 def hf_ctc(kind):
     """A tiny random *ForCTC of the family `kind`, with its input processing recorded."""
     if kind == "whisper":
-        config = transformers.WhisperConfig(
-            d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32,
-            decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
-            max_source_positions=64, dropout=0.0, vocab_size=len(VOCAB), pad_token_id=0,
-        )  # fmt: skip
-        model = whisper_encoder.WhisperEncoderForCTC(
-            whisper_encoder.CALDWhisperEncoderConfig(**config.to_dict())
-        )
-        extractor = transformers.WhisperFeatureExtractor()
-    else:
-        config_cls, model_cls = {
-            "hubert": (transformers.HubertConfig, transformers.HubertForCTC),
-            "wavlm": (transformers.WavLMConfig, transformers.WavLMForCTC),
-            "data2vec-audio": (transformers.Data2VecAudioConfig, transformers.Data2VecAudioForCTC),
-        }[kind]
-        extra = {"num_buckets": 8, "max_bucket_distance": 20} if kind == "wavlm" else {}
-        model = model_cls(config_cls(**SMALL, **extra))
-        extractor = speech_input.feature_extractor_for()
-    return speech_input.attach_feature_extractor(model, extractor).eval()
+        return tiny_models.whisper_ctc()
+    classes = {
+        "hubert": (transformers.HubertForCTC, transformers.HubertConfig),
+        "wavlm": (transformers.WavLMForCTC, transformers.WavLMConfig),
+        "data2vec-audio": (transformers.Data2VecAudioForCTC, transformers.Data2VecAudioConfig),
+    }[kind]
+    extra = {"num_buckets": 8, "max_bucket_distance": 20} if kind == "wavlm" else {}
+    return tiny_models.wav2vec2_ctc(*classes, **extra)
 
 
 KINDS = ["hubert", "wavlm", "data2vec-audio", "whisper"]
