@@ -86,7 +86,7 @@ def feature_extractor_from_config(config):
         raise ValueError(
             f"the {config.model_type} config records no input normalisation "
             f"({FEATURE_EXTRACTOR_KEY!r}); prepare the model with "
-            "speechbrain_cald.experiment.prepare_pretrained or load it with a speech Task"
+            "speechbrain_cald.pretrained.prepare_pretrained or load it with a speech Task"
         )
     settings = dict(settings)
     cls = getattr(transformers, settings.pop("feature_extractor_type"))

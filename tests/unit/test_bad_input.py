@@ -14,14 +14,22 @@ import transformers
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.checkpoints import Checkpointer
 
-from speechbrain_cald import experiment, inference, speech_data, speech_input, text_data, transcribe
+from speechbrain_cald import (
+    experiment,
+    inference,
+    pretrained,
+    speech_data,
+    speech_input,
+    text_data,
+    transcribe,
+)
 from speechbrain_cald import guidance as g
 from speechbrain_cald.brain import CALDBrain
 from speechbrain_cald.checkpoints import AtomicCheckpointer, verify_integrity
 from speechbrain_cald.conversion import convert_to_student
 from speechbrain_cald.dataprep import DataPrepError, write_csv_manifest
-from speechbrain_cald.experiment import RunLockedError, output_folder_lock
 from speechbrain_cald.resumable import NonFiniteLossError
+from speechbrain_cald.run_lock import RunLockedError, output_folder_lock
 from speechbrain_cald.tasks import CTCASR
 
 SR = 16000
@@ -298,10 +306,10 @@ def test_a_changed_model_under_the_same_run_is_one_named_error(tmp_path):
             "num_conv_pos_embedding_groups": 2}  # fmt: skip
     task = CTCASR(["<blank>", "|", "a", "b"])
     folder = tmp_path / "pretrained"
-    experiment.prepare_pretrained(task, folder, config=tiny)
-    experiment.prepare_pretrained(task, folder, config=tiny)  # the same: reused
+    pretrained.prepare_pretrained(task, folder, config=tiny)
+    pretrained.prepare_pretrained(task, folder, config=tiny)  # the same: reused
     with pytest.raises(ValueError, match=r"source_config: was .*'hidden_size': 16.*now .*32"):
-        experiment.prepare_pretrained(task, folder, config={**tiny, "hidden_size": 32})
+        pretrained.prepare_pretrained(task, folder, config={**tiny, "hidden_size": 32})
 
     def hparams(**changes):
         base = {"mode": "target", "hybrid_switch_step": None, "source_hub": None,
@@ -312,14 +320,14 @@ def test_a_changed_model_under_the_same_run_is_one_named_error(tmp_path):
         return {**base, **changes}
 
     os.makedirs(tmp_path / "run")
-    experiment.check_run_checkpoints(hparams())
-    experiment.check_run_checkpoints(hparams(mode="src_init"))  # no checkpoint yet: free
+    pretrained.check_run_checkpoints(hparams())
+    pretrained.check_run_checkpoints(hparams(mode="src_init"))  # no checkpoint yet: free
     os.makedirs(tmp_path / "run" / "save" / "CKPT+2026-12-04+00-00-00+00")
-    experiment.check_run_checkpoints(hparams(mode="src_init"))
+    pretrained.check_run_checkpoints(hparams(mode="src_init"))
     with pytest.raises(ValueError, match=r"checkpoints in .* \(mode: was 'src_init', now 'target'"):
-        experiment.check_run_checkpoints(hparams())
+        pretrained.check_run_checkpoints(hparams())
     with pytest.raises(ValueError, match=r"student: was .*'d_state': 8.*now .*'d_state': 16"):
-        experiment.check_run_checkpoints(
+        pretrained.check_run_checkpoints(
             hparams(mode="src_init", student_config=StudentConfig(mixer_config={"d_state": 16}))
         )
 

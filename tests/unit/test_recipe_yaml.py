@@ -3,7 +3,7 @@ replaces and adds, checked on hand-written YAML files against the expected value
 
 from hyperpyyaml import load_hyperpyyaml
 
-from speechbrain_cald.experiment import merge_base_hparams
+from speechbrain_cald.hparams_yaml import merge_base_hparams
 
 BASE = """\
 lr: 0.001
