@@ -32,7 +32,7 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
 
-from speechbrain_cald import inference, schedulers
+from speechbrain_cald import inference, layer_selection, schedulers
 from speechbrain_cald.brain import CALDBrain
 from speechbrain_cald.checkpoints import CheckpointIntegrityError
 from speechbrain_cald.hparams_yaml import load_experiment, write_experiment
@@ -57,6 +57,7 @@ def run(hparams, run_opts, datasets):
     teacher of target / src_init) and as an inference folder (`export_inference`;
     text recipes pass their `tokenizer`). Returns the test stats.
     """
+    layer_selection.resolve_keep_attention(hparams, datasets["train"])  # before the student
     brain = CALDBrain(
         opt_class=hparams["opt_class"],
         hparams=hparams,

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from speechbrain_cald.conversion.registry import MIXERS
 
 INITS = ("random", "attention")
-KEEP_METHODS = ("uniform",)  # how keep_attention {count, by} chooses the layers
+# How keep_attention {count, by} chooses the layers: "uniform" at conversion,
+# "ablation" measured on training batches before it (`layer_selection`).
+KEEP_METHODS = ("uniform", "ablation")
 POSITIONS = ("keep", "drop")
 
 
@@ -35,10 +37,11 @@ class StudentConfig:
             shift it cannot have learned.
         keep_attention: indices of the layers that keep their attention, exactly as in
             the source (a hybrid student); every other layer is converted. Empty: all
-            converted (the paper's student). Or a choice made at conversion,
-            {"count": k, "by": "uniform"}: k layers, one in the middle of each of k equal
-            spans of the stack (`keep_layers`); the chosen indices are what the student
-            records, so a reloaded model needs no flag.
+            converted (the paper's student). Or a rule, {"count": k, "by": "uniform"}
+            (the middle layer of each of k equal spans, `keep_layers`) or {"count": k,
+            "by": "ablation"} (the k layers whose attention the model depends on most,
+            measured on training batches by the recipes: `layer_selection`); the chosen
+            indices are what the student records, so a reloaded model needs no flag.
     """
 
     mixer: str = "auto"
@@ -53,6 +56,8 @@ class StudentConfig:
             raise ValueError(f"StudentConfig.mixer must be one of {choices}, got {self.mixer!r}")
         if self.init not in INITS:
             raise ValueError(f"StudentConfig.init must be one of {INITS}, got {self.init!r}")
+        if isinstance(self.keep_attention, Mapping) and not self.keep_attention:
+            self.keep_attention = []  # {}: none (YAML defaults a rule can be merged into)
         if isinstance(self.keep_attention, Mapping):
             self.keep_attention = dict(self.keep_attention)
             count, by = self.keep_attention.get("count"), self.keep_attention.get("by")
@@ -143,6 +148,11 @@ def keep_layers(keep, n_layers: int) -> list[int]:
     if not isinstance(keep, Mapping):
         return list(keep)
     count = keep["count"]
+    if keep["by"] != "uniform":
+        raise ValueError(
+            f"keep_attention by {keep['by']!r} is measured on data before conversion "
+            "(layer_selection.resolve_keep_attention, run by the recipes); give indices here"
+        )
     if count >= n_layers:
         raise ValueError(f"keep_attention count {count}: the model has {n_layers} layers")
     return [((2 * j + 1) * n_layers) // (2 * count) for j in range(count)]

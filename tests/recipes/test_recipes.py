@@ -8,6 +8,7 @@ example new corpus (tests/recipes/new_corpus) runs on a YAML that names a recipe
 YAML as its base.
 """
 
+import json
 import os
 import shlex
 
@@ -47,9 +48,18 @@ def test_recipe_workflow(row, tiny_data, tmp_path):
         assert set(std) <= set(run_metrics(tmp_path, name))
         if name != "unguided":  # guided: the layerwise term was trained on
             assert first_and_last(tmp_path, name, "ld")[0] > 0
+        if "--student_keep_attention" in row["test_flags"]:  # a hybrid: indices recorded
+            kept = exported_student(tmp_path, name)["keep_attention"]
+            assert isinstance(kept, list) and len(kept) == 1, kept
     if "WER" in std:
         assert os.path.isfile(os.path.join(tmp_path, "std", "1986", "test_WER.txt"))
     print(row["Recipe"], {k: round(v, 1) for k, v in seconds.items()})
+
+
+def exported_student(output_root, run_name):
+    """The `cald_student` entry of a run's exported best model (its StudentConfig)."""
+    with open(os.path.join(output_root, run_name, "1986", "best_model", "config.json")) as f:
+        return json.load(f)["cald_student"]
 
 
 # The example new corpus: a recipe folder outside `recipes/` whose YAML names the
