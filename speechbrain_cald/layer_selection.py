@@ -72,10 +72,12 @@ def resolve_keep_attention(hparams, train_set):
     """Replace `keep_attention: {count, by: ablation}` in the run's StudentConfig (the one
     the guidance holds) by the layer indices measured on the first `BATCHES` batches
     of `train_set` (a list of PaddedBatch, or a dataset); anything else is left
-    alone. Returns the indices, or None."""
+    alone, as is a std run (no student). Returns the indices, or None."""
     config = hparams.get("student_config")
     keep = getattr(config, "keep_attention", None)
     if not isinstance(keep, Mapping) or keep.get("by") != "ablation":
+        return None
+    if hparams.get("mode") == "std":  # the transformer itself trains: no student
         return None
     batches = train_set
     if not isinstance(train_set, list):
