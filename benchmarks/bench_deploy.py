@@ -136,10 +136,11 @@ def accuracy_table(args):
                 int8=int8,
                 trust_yaml=args.trust_yaml,
             )
-            metric = "WER" if "WER" in record else "accuracy"
+            metric = "WER" if "WER" in record else "acc"  # classifiers: mean accuracy over heads
             scores[int8] = record[metric]
-        row = f"| {name} | {metric} {scores[False]:.2f} | {scores[True]:.2f} | "
-        row += f"{scores[True] - scores[False]:+.2f} |"
+        digits = 2 if metric == "WER" else 3  # WER in points, accuracy as a fraction
+        row = f"| {name} | {metric} {scores[False]:.{digits}f} | {scores[True]:.{digits}f} | "
+        row += f"{scores[True] - scores[False]:+.{digits}f} |"
         lines.append(row)
         print(row, flush=True)
     return lines
