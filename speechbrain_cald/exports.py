@@ -27,7 +27,7 @@ from speechbrain_cald.text_data import TextTokenizer
 SAFE_CONFIG = "cald_inference.json"
 SAFE_FORMAT = "speechbrain_cald.inference/1"
 SAFE_KEYS = {"format", "interface", "model", "settings", "files"}
-MODEL_KEYS = {"config", "output", "sample_rate", "chunk_frames", "blank_index"}
+MODEL_KEYS = {"config", "output", "sample_rate", "chunk_frames"}
 
 
 @dataclass

@@ -93,9 +93,11 @@ class Part:
     file: str | None = None
 
 
-def _model_parts(model):
+def _model_parts(description):
     """The parts every folder has: the model (+ the audio reader for speech), from the
-    `model` entry of its description (config, output, sample_rate, chunk_frames)."""
+    `model` entry of its description (config, output, sample_rate, chunk_frames); a
+    CTC model's padding frames decode as its task's blank (`settings["blank_index"]`)."""
+    model = description["model"]
     if not model["output"]:
         return [Part("model", "new", f"{__name__}.TextModel", {"config": model["config"]}, "model")]
     return [
@@ -113,7 +115,7 @@ def _model_parts(model):
             kwargs={
                 "output": model["output"],
                 "chunk_frames": model["chunk_frames"],
-                "blank_index": model["blank_index"],
+                "blank_index": description["settings"].get("blank_index"),
                 "config": model["config"],
             },
         ),
@@ -123,7 +125,7 @@ def _model_parts(model):
 def _parts(description):
     """Every part of a folder: the model's, then its interface's (`<Interface>.parts`)."""
     interface = INTERFACES[description["interface"]]
-    return _model_parts(description["model"]) + interface.parts(description["settings"])
+    return _model_parts(description) + interface.parts(description["settings"])
 
 
 def _set(entries, key, value):
@@ -570,7 +572,6 @@ def _write_inference_folder(
             "output": export.output,
             "sample_rate": sample_rate if speech else None,
             "chunk_frames": chunk_frames if speech else None,
-            "blank_index": export.settings.get("blank_index"),  # CTC: padding decodes blank
         },
         "settings": export.settings,
     }

@@ -19,6 +19,7 @@ import speechbrain as sb
 import torch
 
 from speechbrain_cald.conversion import detect_family
+from speechbrain_cald.conversion.config import check_keep_count
 from speechbrain_cald.losses import layerwise_distillation_loss
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,7 @@ def attention_costs(model, task, batches, heads=None):
     reference = last_states()
     costs = []
     for layer in family.layers(model):
-        attention = layer
-        for name in family.slot_attribute.split("."):
-            attention = getattr(attention, name)
-        hook = attention.register_forward_hook(_zero_output)
+        hook = family.slot(layer).register_forward_hook(_zero_output)
         try:
             terms = [
                 layerwise_distillation_loss([state], [ref], mask, layers=[0])
@@ -86,9 +84,8 @@ def resolve_keep_attention(hparams, train_set):
         batches = list(itertools.islice(loader, BATCHES))
     task = hparams["task"]
     model, heads = task.load(hparams["pretrained_folder"])
+    check_keep_count(keep["count"], len(detect_family(model).layers(model)))  # before measuring
     costs = attention_costs(model, task, batches, heads)
-    if keep["count"] >= len(costs):
-        raise ValueError(f"keep_attention count {keep['count']}: the model has {len(costs)} layers")
     config.keep_attention = most_costly(costs, keep["count"])
     logger.info(
         "keep_attention by ablation: cost of removing each layer's attention %s -> keep %s",

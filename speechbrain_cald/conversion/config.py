@@ -141,6 +141,12 @@ class ConversionReport:
         return "\n".join(lines)
 
 
+def check_keep_count(count: int, n_layers: int) -> None:
+    """ValueError unless a keep_attention rule's `count` leaves a layer to convert."""
+    if count >= n_layers:
+        raise ValueError(f"keep_attention count {count}: the model has {n_layers} layers")
+
+
 def keep_layers(keep, n_layers: int) -> list[int]:
     """The layer indices `keep` (StudentConfig.keep_attention) names in a stack of
     `n_layers`: a list as given, or {"count": k, "by": "uniform"}: the middle layer of
@@ -153,8 +159,7 @@ def keep_layers(keep, n_layers: int) -> list[int]:
             f"keep_attention by {keep['by']!r} is measured on data before conversion "
             "(layer_selection.resolve_keep_attention, run by the recipes); give indices here"
         )
-    if count >= n_layers:
-        raise ValueError(f"keep_attention count {count}: the model has {n_layers} layers")
+    check_keep_count(count, n_layers)
     return [((2 * j + 1) * n_layers) // (2 * count) for j in range(count)]
 
 

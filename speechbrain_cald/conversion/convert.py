@@ -56,14 +56,6 @@ def resolve(model: PreTrainedModel, config: StudentConfig) -> tuple[SourceFamily
     return family, spec
 
 
-def _slot_parent(layer: nn.Module, attribute: str) -> tuple[nn.Module, str]:
-    """(module holding the slot, attribute name) for a dotted `attribute` of `layer`."""
-    *path, last = attribute.split(".")
-    for name in path:
-        layer = getattr(layer, name)
-    return layer, last
-
-
 def _replace_slots(model, family: SourceFamily, spec: MixerSpec, config: StudentConfig):
     """Swap the attention of each layer not kept (`config.keep_attention`) for a slot;
     returns (lobe config, {mixer module: parameter names initialised from attention},
@@ -85,7 +77,7 @@ def _replace_slots(model, family: SourceFamily, spec: MixerSpec, config: Student
     for index, layer in enumerate(layers):
         if index in keep:
             continue
-        parent, name = _slot_parent(layer, family.slot_attribute)
+        parent, name = family.slot_parent(layer)
         attention = getattr(parent, name)
         weight = next(attention.parameters())
         mixer = spec.build(lobe_config, shared)
@@ -105,14 +97,11 @@ def _replace_slots(model, family: SourceFamily, spec: MixerSpec, config: Student
 def student_slots(model: nn.Module) -> list[nn.Module]:
     """The modules a conversion put in the attention slots of `model`, layer by layer
     (empty for a model that is not a CALD student)."""
-    stored = getattr(model.config, "cald_student", None)
-    if not stored:
+    if not getattr(model.config, "cald_student", None):
         return []
-    family, kept = detect_family(model), set(stored.get("keep_attention", []))
+    family, kept = detect_family(model), set(kept_attention(model))
     return [
-        getattr(*_slot_parent(layer, family.slot_attribute))
-        for index, layer in enumerate(family.layers(model))
-        if index not in kept
+        family.slot(layer) for index, layer in enumerate(family.layers(model)) if index not in kept
     ]
 
 

@@ -220,6 +220,18 @@ class SourceFamily:
         """The layers whose `slot_attribute` is replaced, in order."""
         raise NotImplementedError
 
+    def slot_parent(self, layer: nn.Module) -> tuple[nn.Module, str]:
+        """(module holding the attention slot, its attribute name) in `layer`, from the
+        dotted `slot_attribute`."""
+        *path, last = self.slot_attribute.split(".")
+        for name in path:
+            layer = getattr(layer, name)
+        return layer, last
+
+    def slot(self, layer: nn.Module) -> nn.Module:
+        """The module in `layer`'s attention slot (the attention, or what replaced it)."""
+        return getattr(*self.slot_parent(layer))
+
     def attention_projections(self, attention):
         """(q, k, v, o) nn.Linear of an attention module, for init "attention"; None
         when the family cannot provide them."""

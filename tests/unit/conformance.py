@@ -131,9 +131,7 @@ def check_export_reload(family, mixer, folder, keep=()):
 def check_attention_init_report(family, mixer):
     spec, source = conversion.MIXERS[mixer], conversion.FAMILIES[family]
     teacher = MODELS[family][0]()
-    first = source.layers(teacher)[0]
-    for name in source.slot_attribute.split("."):
-        first = getattr(first, name)
+    first = source.slot(source.layers(teacher)[0])
     # the mixer's own shapes for this init ({}: its attention_config decides them)
     config = {"mixer": mixer, "mixer_config": {}, "init": "attention"}
     if spec.init_from_attention is None or source.attention_projections(first) is None:
@@ -150,14 +148,13 @@ def check_attention_init_report(family, mixer):
 
 def check_hybrid_keeps_its_layers(family, mixer, keep):
     """The kept layers' attention bit-identical to the teacher's, every other layer
-    converted; the reloaded student keeps the same layers without being told."""
+    converted, and the kept indices recorded in the student's config (what a reloaded
+    student is rebuilt from: `check_save_load`)."""
     source = conversion.FAMILIES[family]
     teacher, student, report = student_of(family, mixer, keep)
     teacher_state = teacher.state_dict()
     for index, (t_layer, s_layer) in enumerate(zip(source.layers(teacher), source.layers(student))):
-        t_slot, s_slot = t_layer, s_layer
-        for name in source.slot_attribute.split("."):
-            t_slot, s_slot = getattr(t_slot, name), getattr(s_slot, name)
+        t_slot, s_slot = source.slot(t_layer), source.slot(s_layer)
         if index in keep:
             assert type(s_slot) is type(t_slot)
             for name, value in s_slot.state_dict().items():

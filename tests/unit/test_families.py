@@ -7,12 +7,14 @@ through the inference interface. Whisper: its log-mel input equals HF's feature
 extractor on the same audio, and its positions continue past 30 s as sinusoids.
 """
 
+import conformance
 import numpy as np
 import pytest
 import speechbrain as sb
 import tiny_models
 import torch
 import transformers
+from conformance import assert_close
 from speechbrain.dataio.batch import PaddedBatch
 from tiny_models import MIXER_CONFIGS, VOCAB
 
@@ -21,7 +23,6 @@ from speechbrain_cald.models import load_source, whisper_encoder
 from speechbrain_cald.tasks import CTCASR, UtteranceClassification
 
 MIXER = {"mixer_config": MIXER_CONFIGS["bimamba2"]}  # in_proj 48
-RTOL = 1e-5
 
 
 def hf_ctc(kind):
@@ -42,15 +43,7 @@ KINDS = ["hubert", "wavlm", "data2vec-audio", "whisper"]
 
 def outputs(model, signals):
     """CTC logits of each utterance (valid frames only) from one padded batch."""
-    batch = PaddedBatch([{"id": str(i), "sig": s} for i, s in enumerate(signals)])
-    with torch.no_grad():
-        out = CTCASR(VOCAB).forward(model, batch, sb.Stage.TEST)
-    return [out.logits[i, : int(out.mask[i].sum())] for i in range(len(signals))]
-
-
-def assert_close(actual, expected):
-    scale = expected.abs().max().item()
-    torch.testing.assert_close(actual, expected, rtol=RTOL, atol=RTOL * scale)
+    return conformance.outputs(model, "speech", signals)
 
 
 @pytest.mark.parametrize("kind", KINDS)
