@@ -14,7 +14,7 @@ alone. Data2Vec-Audio's stacked positional convolutions get their padding zeroed
 before every layer, for the same reason.
 """
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 
 import torch
@@ -38,6 +38,19 @@ def feature_encoder_geometry(config):
 def _conv_frames(n_samples, kernel, step):
     """Output frames of a conv layer (no padding) over `n_samples` inputs (tensor)."""
     return torch.div(n_samples - kernel, step, rounding_mode="floor").clamp(min=-1) + 1
+
+
+def cnn_frames(config, sample_lengths):
+    """Frames the CNN feature encoder of a wav2vec2-style `config` gives for
+    `sample_lengths` `(batch,)` samples (0 where too short), from its conv layers'
+    kernels and strides (what HF's private `_get_feat_extract_output_lengths` computes,
+    without the model). A config with an adapter (`add_adapter`) is refused."""
+    if getattr(config, "add_adapter", False):
+        raise ValueError(f"{config.model_type} with add_adapter=True is not supported")
+    frames = sample_lengths
+    for kernel, step in zip(config.conv_kernel, config.conv_stride):
+        frames = _conv_frames(frames, kernel, step)
+    return frames.clamp(min=0)
 
 
 def first_layer_statistics(conv, wavs, n_valid, per_chunk):
@@ -94,7 +107,7 @@ def _positional_convs_masked(model, sample_lengths):
     if layers is None or sample_lengths is None:
         yield
         return
-    n_frames = model._get_feat_extract_output_lengths(sample_lengths)
+    n_frames = cnn_frames(model.config, sample_lengths)
 
     def zero_padding(module, args):
         hidden = args[0]  # (batch, channels, frames)
@@ -171,6 +184,29 @@ def _shared_forward(encoder, forward, sample_lengths, chunk_frames):
 
 
 @contextmanager
+def _output_replaced(module, compute, minimal_input):
+    """Within the block, `module(x, ...)` returns `compute(x)`, through PyTorch hooks
+    only (the HF instance and its `forward` stay as they are): a pre-hook computes the
+    output and hands the module's own forward `minimal_input(x)` (a slice of a frame or two,
+    so it costs nothing), whose result a forward hook replaces with the computed one."""
+    computed = []  # a stack: nested calls of the same module pair up in order
+
+    def before(mod, args):
+        computed.append(compute(args[0]))
+        return (minimal_input(args[0]), *args[1:])
+
+    def after(mod, args, output):
+        return computed.pop()
+
+    handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def _exact_cnn(model, sample_lengths=None, chunk_frames=None, progress=False):
     """Within the block, `model`'s CNN feature encoder treats each utterance of a
     right-padded batch as if it were alone: sample_lengths `(batch,)` holds the
@@ -182,7 +218,8 @@ def _exact_cnn(model, sample_lengths=None, chunk_frames=None, progress=False):
     Chunk c covers output frames [c*n, (c+1)*n) and reads exactly their input
     samples: it starts at a multiple of the total stride and overlaps the next chunk
     by (receptive field - stride) samples, so no frame is dropped or recomputed and
-    each equals the whole-waveform frame up to float rounding.
+    each equals the whole-waveform frame up to float rounding. The first layer's
+    GroupNorm gets each utterance's statistics through hooks (`_output_replaced`).
     """
     config = model.config
     norm = getattr(config, "feat_extract_norm", "layer")  # Data2Vec-Audio: LayerNorm only
@@ -194,7 +231,19 @@ def _exact_cnn(model, sample_lengths=None, chunk_frames=None, progress=False):
         raise ValueError(f"expected one GroupNorm group per channel, got {group_norm}")
     field, stride = feature_encoder_geometry(config)
     conv = encoder.conv_layers[0].conv
-    whole = encoder.forward
+    whole = encoder.forward  # HF's own forward, called directly: no hooks of ours
+
+    def utterance_norm(wavs, n_valid, several):
+        """h -> the first layer's GroupNorm of h with each utterance's statistics."""
+        if not several:
+            return lambda h: _masked_group_norm(group_norm, h, n_valid)
+        per_chunk = chunk_frames * stride // conv.stride[0]
+        mean, var = first_layer_statistics(conv, wavs, n_valid, per_chunk)
+        weight, bias = group_norm.weight.double()[:, None], group_norm.bias.double()[:, None]
+        scale = torch.rsqrt(var + group_norm.eps) * weight  # (batch, channels, 1)
+        shift = (bias - mean * scale).to(group_norm.weight.dtype)
+        scale = scale.to(group_norm.weight.dtype)
+        return lambda h: torch.addcmul(shift, h, scale)
 
     def exact(wavs):
         lengths = sample_lengths
@@ -204,25 +253,16 @@ def _exact_cnn(model, sample_lengths=None, chunk_frames=None, progress=False):
         n_frames = max((wavs.shape[-1] - field) // stride + 1, 1)
         starts = range(0, n_frames, chunk_frames or n_frames)
         several = len(starts) > 1
-        if group_norm is not None and several:
-            per_chunk = chunk_frames * stride // conv.stride[0]
-            mean, var = first_layer_statistics(conv, wavs, n_valid, per_chunk)
-            weight, bias = group_norm.weight.double()[:, None], group_norm.bias.double()[:, None]
-            scale = torch.rsqrt(var + group_norm.eps) * weight  # (batch, channels, 1)
-            shift = (bias - mean * scale).to(group_norm.weight.dtype)
-            scale = scale.to(group_norm.weight.dtype)
-            group_norm.forward = lambda h: torch.addcmul(shift, h, scale)
-        elif group_norm is not None:
-            group_norm.forward = lambda h: _masked_group_norm(group_norm, h, n_valid)
+        normed = nullcontext()
+        if group_norm is not None:
+            norm_fn = utterance_norm(wavs, n_valid, several)
+            normed = _output_replaced(group_norm, norm_fn, lambda h: h[..., :2])
         pieces = []
-        try:
+        with normed:
             for start in tqdm(starts, desc="CNN features", disable=not progress):
                 end = min(start + (chunk_frames or n_frames), n_frames)
                 piece = wavs[..., start * stride : (end - 1) * stride + field] if several else wavs
                 pieces.append(whole(piece))
-        finally:
-            if group_norm is not None:
-                del group_norm.forward
         return torch.cat(pieces, dim=-1) if several else pieces[0]
 
     plain = chunk_frames is None and (group_norm is None or sample_lengths is None)
@@ -231,8 +271,5 @@ def _exact_cnn(model, sample_lengths=None, chunk_frames=None, progress=False):
     if forward is whole:
         yield
         return
-    encoder.forward = forward
-    try:
+    with _output_replaced(encoder, forward, lambda wavs: wavs[..., :field]):
         yield
-    finally:
-        del encoder.forward

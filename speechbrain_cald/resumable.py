@@ -70,7 +70,7 @@ def set_rng_state(state):
 
 class _ModelDDP(torch.nn.parallel.DistributedDataParallel):
     """DDP wrapper that also answers the wrapped model's attributes (an HF model's
-    `config`, `_get_feat_extract_output_lengths`, `save_pretrained`), so code uses a
+    `config`, `save_pretrained`), so code uses a
     DDP-wrapped model as it uses the bare one; calls still go through DDP's forward
     (gradient synchronisation)."""
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import transformers
 
-from speechbrain_cald.feature_encoder import exact_feature_encoder
+from speechbrain_cald.feature_encoder import cnn_frames, exact_feature_encoder
 from speechbrain_cald.masks import counts_to_mask, lengths_to_mask
 
 HOP = 160  # Whisper: samples per mel frame (10 ms at 16 kHz)
@@ -122,6 +122,23 @@ def normalize_waveforms(wavs, lengths, eps=1e-7):
     return ((values - mean) / (var + eps).sqrt()).where(valid, 0.0).to(wavs.dtype)
 
 
+def whisper_frames(mel_frames):
+    """Whisper encoder frames for `mel_frames`: its second conv (kernel 3, stride 2,
+    padding 1) halves them, rounding up."""
+    return torch.div(mel_frames - 1, 2, rounding_mode="floor") + 1
+
+
+def encoder_frames(config, sample_lengths):
+    """Frames of the encoder's hidden states for `sample_lengths` `(batch,)` samples,
+    per the recorded feature extractor: Whisper, one mel frame per `HOP` samples
+    (`log_mel`) then `whisper_frames`; wav2vec2-style, the CNN feature encoder's
+    (`feature_encoder.cnn_frames`)."""
+    extractor = feature_extractor_from_config(config)
+    if isinstance(extractor, transformers.WhisperFeatureExtractor):
+        return whisper_frames(torch.div(sample_lengths, HOP, rounding_mode="floor"))
+    return cnn_frames(config, sample_lengths)
+
+
 def model_inputs(config, wavs, lengths):
     """The model's keyword inputs for raw waveforms `(batch, samples)` with `lengths`
     valid samples per row, per its recorded feature extractor:
@@ -151,7 +168,7 @@ def speech_model_forward(model, wavs, rel_lens, chunk_frames=None, progress=Fals
     `(batch, frames)` of its hidden states).
     """
     lengths = lengths_to_mask(rel_lens, wavs.shape[1]).sum(1)
-    n_frames = model._get_feat_extract_output_lengths(lengths)
+    n_frames = encoder_frames(model.config, lengths)
     if (n_frames < 1).any():
         row = int((n_frames < 1).nonzero()[0])
         raise ValueError(

@@ -30,7 +30,7 @@ from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 from transformers.models.whisper.modeling_whisper import WhisperEncoder, WhisperPreTrainedModel
 
 from speechbrain_cald.masks import counts_to_mask
-from speechbrain_cald.speech_input import HOP
+from speechbrain_cald.speech_input import whisper_frames
 
 
 class CALDWhisperEncoderConfig(WhisperConfig):
@@ -79,12 +79,6 @@ class WhisperEncoderModel(WhisperPreTrainedModel):
         for conv in (self.encoder.conv1, self.encoder.conv2):
             conv.requires_grad_(False)
 
-    @staticmethod
-    def _get_feat_extract_output_lengths(input_lengths):
-        """Encoder frames for `input_lengths` samples: mel frames, then conv2's stride 2."""
-        mel = torch.div(input_lengths, HOP, rounding_mode="floor")
-        return torch.div(mel - 1, 2, rounding_mode="floor") + 1
-
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """HF's `from_pretrained`, the position table kept frozen: transformers' loading
@@ -119,7 +113,7 @@ class WhisperEncoderModel(WhisperPreTrainedModel):
         hidden = nn.functional.gelu(enc.conv1(input_features))
         hidden = hidden * counts_to_mask(n_mel, mel_frames).unsqueeze(1).to(hidden.dtype)
         hidden = nn.functional.gelu(enc.conv2(hidden)).transpose(1, 2)
-        valid = counts_to_mask(torch.div(n_mel - 1, 2, rounding_mode="floor") + 1, hidden.shape[1])
+        valid = counts_to_mask(whisper_frames(n_mel), hidden.shape[1])
         if self.adds_positions:
             hidden = hidden + self.positions(hidden.shape[1], hidden.device)
         hidden = nn.functional.dropout(hidden, p=enc.dropout, training=self.training)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 import speechbrain as sb
+import tiny_models
 import torch
 import transformers
 from speechbrain.dataio.batch import PaddedBatch
@@ -24,6 +25,7 @@ from speechbrain.inference.ASR import EncoderASR
 from speechbrain.inference.interfaces import Pretrained
 
 from speechbrain_cald import conversion, inference, speech_data, speech_input
+from speechbrain_cald.feature_encoder import cnn_frames, feature_encoder_geometry
 from speechbrain_cald.tasks import CTCASR
 
 VOCAB = ["<blank>", "|", "a", "b", "c", "d", "e", "f"]
@@ -188,11 +190,19 @@ def test_non_finite_audio_is_an_error_naming_the_file(tmp_path):
 
 
 def count_cnn_passes(*models):
-    """A list that gets one entry per forward of each model's first CNN layer."""
+    """A list that gets one entry per forward of each model's first CNN layer over the
+    batch's audio (not the one-frame stand-in input `_output_replaced` gives HF's own
+    forward, whose output is discarded)."""
     passes = []
     for model in models:
+        field = feature_encoder_geometry(model.config)[0]
         first = model.base_model.feature_extractor.conv_layers[0]
-        first.register_forward_hook(lambda *_, m=model: passes.append(m))
+
+        def record(module, args, output, model=model, field=field):
+            if args[0].shape[-1] > field:
+                passes.append(model)
+
+        first.register_forward_hook(record)
     return passes
 
 
@@ -235,3 +245,44 @@ def test_frozen_cnn_runs_once_for_student_and_teacher(norm):
     assert student_then_teacher()[2] == [student]
     student.base_model.feature_extractor.requires_grad_(True)  # the student's CNN trains
     assert student_then_teacher()[2] == [student, teacher]
+
+
+@pytest.mark.parametrize("chunk_frames", [None, 7])
+def test_exact_cnn_leaves_the_hf_instances_untouched(chunk_frames):
+    """The padding-exact (and chunked) CNN works through hooks that it removes: no HF
+    module gets an instance-level `forward`, during the pass or after it, and no hook
+    of its stays behind."""
+    model = tiny_model("group", False)
+    encoder = model.base_model.feature_extractor
+    group_norm = encoder.conv_layers[0].layer_norm
+    seen = []
+
+    def inspect(*_):
+        seen.append(["forward" in vars(m) for m in model.modules()])
+
+    group_norm.register_forward_hook(inspect)
+    batch = speech_batch([torch.randn(3001), torch.randn(5000)])
+    speech_input.speech_model_forward(model, batch.sig[0], batch.sig[1], chunk_frames)
+    assert seen and not any(any(flags) for flags in seen)
+    assert len(group_norm._forward_hooks) == 1 and not group_norm._forward_pre_hooks
+    assert not encoder._forward_hooks and not encoder._forward_pre_hooks
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "wavlm", "whisper"])
+def test_encoder_frames_match_the_models_outputs(family):
+    """`encoder_frames` (the frame count from the config alone) equals HF's own length
+    rule (wav2vec2 family: the model's `_get_feat_extract_output_lengths` on samples;
+    Whisper: HF's on mel frames) and the number of frames each utterance gives alone."""
+    model = tiny_models.MODELS[family][0]()
+    lengths = torch.tensor([401, 999, 1600, 2345, 4000])
+    frames = speech_input.encoder_frames(model.config, lengths)
+    mel = torch.div(lengths, speech_input.HOP, rounding_mode="floor")
+    hf = model._get_feat_extract_output_lengths(mel if family == "whisper" else lengths)
+    assert torch.equal(frames, hf)
+    for n, expected in zip(lengths.tolist(), frames.tolist()):
+        wav = torch.randn(1, n)
+        with torch.no_grad():
+            out, mask = speech_input.speech_model_forward(model, wav, torch.ones(1))
+        assert out[0].shape[1] == mask.shape[1] == expected
+    with pytest.raises(ValueError, match="add_adapter"):
+        cnn_frames(transformers.Wav2Vec2Config(add_adapter=True), lengths)
