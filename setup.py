@@ -43,7 +43,7 @@ setup(
     ],
     extras_require={
         "cuda": ["mamba-ssm", "causal-conv1d"],
-        "dev": ["pytest", "ruff"],
+        "dev": ["pytest", "pytest-xdist", "ruff"],
         "lm": ["lm-eval[hf]>=0.4.2"],  # [hf]: accelerate, needed by its HFLM wrapper
     },
 )

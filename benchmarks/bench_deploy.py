@@ -12,8 +12,10 @@ benchmark) and each length (random audio, batch 1, the interface's own encoder p
 
 The options of one folder and length are timed in turn for --repeats rounds (order
 rotating, medians) after one warm-up call each, so the machine's load hits all alike;
-ratios are eager time / option time. With --manifest, each folder is also evaluated
-eager and int8 on that manifest through `speechbrain_cald.evaluate` (WER/CER or
+ratios are eager time / option time; `--options` picks what is timed beside eager
+(`--options eager`: eager alone, an encoder-time table of the folders, e.g. a
+teacher beside its all-converted and hybrid students). With --manifest, each folder
+is also evaluated eager and int8 on that manifest through `speechbrain_cald.evaluate` (WER/CER or
 accuracy; --batch-size, default 1), results under --out.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_deploy.py \\
@@ -58,29 +60,34 @@ def onnx_runner(encoder, wav, one):
     return lambda: torch.from_numpy(session.run(None, feed)[0])
 
 
-def options_for(folder, trust_yaml, seconds):
-    """{option: callable or reason} for one folder at one length, + compile seconds."""
+OPTIONS = ("eager", "int8", "compiled", "onnx")
+
+
+def options_for(folder, trust_yaml, seconds, chosen=OPTIONS):
+    """{option: callable or reason} for one folder at one length (the `chosen` options,
+    eager always), + compile seconds (None when not compiled)."""
     eager = inference.load_inference_folder(folder, trust_yaml=trust_yaml).mods.encoder
-    int8 = inference.load_inference_folder(folder, trust_yaml=trust_yaml, int8=True)
     wav, one = torch.randn(1, int(seconds * 16000)) * 0.1, torch.ones(1)
-    compiled = inference.load_inference_folder(folder, trust_yaml=trust_yaml).mods.encoder
-    compiled.model = torch.compile(compiled.model, dynamic=False)
-    start = time.perf_counter()
-    with torch.no_grad():
-        compiled(wav, one)
-    compile_s = time.perf_counter() - start
-    options = {
-        "eager": lambda: eager(wav, one),
-        "int8": lambda: int8.mods.encoder(wav, one),
-        "compiled": lambda: compiled(wav, one),
-        "onnx": onnx_runner(eager, wav, one),
-    }
+    options, compile_s = {"eager": lambda: eager(wav, one)}, None
+    if "int8" in chosen:
+        int8 = inference.load_inference_folder(folder, trust_yaml=trust_yaml, int8=True)
+        options["int8"] = lambda: int8.mods.encoder(wav, one)
+    if "compiled" in chosen:
+        compiled = inference.load_inference_folder(folder, trust_yaml=trust_yaml).mods.encoder
+        compiled.model = torch.compile(compiled.model, dynamic=False)
+        start = time.perf_counter()
+        with torch.no_grad():
+            compiled(wav, one)
+        compile_s = time.perf_counter() - start
+        options["compiled"] = lambda: compiled(wav, one)
+    if "onnx" in chosen:
+        options["onnx"] = onnx_runner(eager, wav, one)
     return options, compile_s
 
 
-def measure(folder, trust_yaml, seconds, repeats):
+def measure(folder, trust_yaml, seconds, repeats, chosen=OPTIONS):
     """{option: (median seconds, max |difference| to eager) or reason}, compile s."""
-    options, compile_s = options_for(folder, trust_yaml, seconds)
+    options, compile_s = options_for(folder, trust_yaml, seconds, chosen)
     runnable = {k: v for k, v in options.items() if callable(v)}
     times = {k: [] for k in runnable}
     with torch.no_grad():
@@ -99,13 +106,14 @@ def measure(folder, trust_yaml, seconds, repeats):
 
 
 def speed_table(args):
-    lines = [
-        "| model | length | eager s | int8 s (x) | compiled s (x) | compile s | ONNX Runtime |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    titles = {"int8": ["int8 s (x)"], "compiled": ["compiled s (x)", "compile s"]}
+    titles["onnx"] = ["ONNX Runtime"]
+    shown = [o for o in OPTIONS[1:] if o in args.options]
+    columns = ["model", "length", "eager s", *(t for o in shown for t in titles[o])]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for name, folder in args.folders:
         for seconds in args.seconds:
-            result, compile_s = measure(folder, args.trust_yaml, seconds, args.repeats)
+            result, compile_s = measure(folder, args.trust_yaml, seconds, args.repeats, shown)
             eager = result["eager"][0]
 
             def cell(option, result=result, eager=eager):
@@ -114,8 +122,12 @@ def speed_table(args):
                     return value
                 return f"{value[0]:.3f} ({eager / value[0]:.2f}x; max diff {value[1]:.2g})"
 
-            row = f"| {name} | {seconds:g} s | {eager:.3f} | {cell('int8')} | "
-            row += f"{cell('compiled')} | {compile_s:.0f} | {cell('onnx')} |"
+            cells = [f"{name}", f"{seconds:g} s", f"{eager:.3f}"]
+            for option in shown:
+                cells.append(cell(option))
+                if option == "compiled":
+                    cells.append(f"{compile_s:.0f}")
+            row = "| " + " | ".join(cells) + " |"
             lines.append(row)
             print(row, flush=True)
     return lines
@@ -159,6 +171,10 @@ def main():
         help="evaluation batch (1: int8's per-batch activation scales see one utterance)",
     )
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--options", nargs="+", default=list(OPTIONS), choices=OPTIONS,
+        help="what to time beside eager (eager alone: an encoder-time table)",
+    )  # fmt: skip
     parser.add_argument("--manifest", help="evaluate eager and int8 on this manifest")
     parser.add_argument("--out", default=tempfile.mkdtemp(prefix="bench_deploy_"))
     parser.add_argument(

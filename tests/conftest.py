@@ -29,19 +29,21 @@ def _seed():
 # Progress of the slow recipe tests (subprocess trainings of tens of seconds each):
 # each is named when it starts, says it is still running every HEARTBEAT seconds, and
 # is timed when it ends; the summary totals them. The test command is never silent
-# for more than HEARTBEAT seconds.
+# for more than HEARTBEAT seconds. Under pytest-xdist these hooks run in the
+# controller, so every line names its test (two run at once).
 _RECIPE_TIMES = {}
 HEARTBEAT = 30
 _RUNNING = {}
 
 
-def _heartbeat(reporter, stop):
+def _heartbeat(reporter, stop, name):
     """Every HEARTBEAT s until `stop`: a line past pytest's output capture (the test's
     own thread is waiting on its training subprocess meanwhile)."""
     start = time.monotonic()
     while not stop.wait(HEARTBEAT):
         with _REPORTER["capture"].global_and_fixture_disabled():
-            reporter.write_line(f"[recipe test]   still running, {time.monotonic() - start:.0f} s")
+            seconds = time.monotonic() - start
+            reporter.write_line(f"[recipe test]   {name} still running, {seconds:.0f} s")
 
 
 def _is_recipe_test(nodeid):
@@ -53,7 +55,8 @@ def pytest_runtest_logstart(nodeid, location):
     if reporter is not None and _is_recipe_test(nodeid):
         reporter.write_line(f"[recipe test] {nodeid} ...", flush=True)
         stop = threading.Event()
-        threading.Thread(target=_heartbeat, args=(reporter, stop), daemon=True).start()
+        name = nodeid.split("::", 1)[-1]
+        threading.Thread(target=_heartbeat, args=(reporter, stop, name), daemon=True).start()
         _RUNNING[nodeid] = stop
 
 
@@ -62,7 +65,8 @@ def pytest_runtest_logreport(report):
     if report.when == "call" and _is_recipe_test(report.nodeid):
         _RECIPE_TIMES[report.nodeid] = report.duration
         if reporter is not None:
-            reporter.write_line(f"[recipe test] {report.outcome} in {report.duration:.0f} s")
+            name = report.nodeid.split("::", 1)[-1]
+            reporter.write_line(f"[recipe test] {name} {report.outcome} in {report.duration:.0f} s")
 
 
 def pytest_runtest_logfinish(nodeid, location):
@@ -83,6 +87,6 @@ def pytest_terminal_summary(terminalreporter):
         total = sum(_RECIPE_TIMES.values())
         slowest = max(_RECIPE_TIMES, key=_RECIPE_TIMES.get)
         terminalreporter.write_line(
-            f"recipe tests: {len(_RECIPE_TIMES)} in {total / 60:.1f} min "
+            f"recipe tests: {len(_RECIPE_TIMES)}, {total / 60:.1f} min summed over workers "
             f"(slowest {slowest}: {_RECIPE_TIMES[slowest]:.0f} s)"
         )
