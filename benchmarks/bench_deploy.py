@@ -1,7 +1,8 @@
 """CPU deployment options side by side with eager fp32, for exported inference folders.
 
 Not a test. For each folder (e.g. a std teacher and a CALD student of the FSDD ASR
-benchmark) and each length (random audio, batch 1, the interface's own encoder path):
+benchmark) and each length (batch 1: random audio of --seconds through a speech
+folder's encoder path, or random token ids of --tokens through a text folder's model):
 
 - eager fp32 (the interfaces' default);
 - int8: `inference.quantize_int8` (dynamic int8 linear layers; `int8=True`);
@@ -39,7 +40,7 @@ import machine  # noqa: E402  (sibling module: the machine line)
 from speechbrain_cald import evaluate, inference  # noqa: E402
 
 
-def onnx_runner(encoder, wav, one):
+def onnx_runner(encoder, *inputs):
     """A callable running `encoder` exported to ONNX on onnxruntime, or a string saying
     why there is none (not installed, or the export's first error line)."""
     try:
@@ -48,7 +49,7 @@ def onnx_runner(encoder, wav, one):
         return "onnx / onnxruntime not installed"
     path = os.path.join(tempfile.mkdtemp(prefix="bench_deploy_"), "encoder.onnx")
     try:
-        torch.onnx.export(encoder, (wav, one), path, dynamo=False)
+        torch.onnx.export(encoder, inputs, path, dynamo=False)
     except Exception as err:  # the exporter's own error is the finding
         first = (str(err).strip().splitlines() or [""])[0][:160]
         return f"export failed: {type(err).__name__}: {first}"
@@ -56,38 +57,52 @@ def onnx_runner(encoder, wav, one):
     options.intra_op_num_threads = torch.get_num_threads()
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     name = [i.name for i in session.get_inputs()]
-    feed = dict(zip(name, (wav.numpy(), one.numpy())))
+    feed = dict(zip(name, (x.numpy() for x in inputs)))
     return lambda: torch.from_numpy(session.run(None, feed)[0])
 
 
 OPTIONS = ("eager", "int8", "compiled", "onnx")
 
 
-def options_for(folder, trust_yaml, seconds, chosen=OPTIONS):
+def timed_part(interface, length):
+    """(module, its inputs) the interface runs on one input of `length`: a speech
+    folder's encoder on `length` seconds of random audio, a text folder's model on
+    `length` random token ids; batch 1."""
+    one = torch.ones(1)
+    if "encoder" in interface.mods:
+        return interface.mods.encoder, (torch.randn(1, int(length * 16000)) * 0.1, one)
+    vocab = interface.mods.model.model.config.vocab_size
+    return interface.mods.model, (torch.randint(vocab, (1, int(length))), one)
+
+
+def options_for(folder, trust_yaml, length, chosen=OPTIONS):
     """{option: callable or reason} for one folder at one length (the `chosen` options,
     eager always), + compile seconds (None when not compiled)."""
-    eager = inference.load_inference_folder(folder, trust_yaml=trust_yaml).mods.encoder
-    wav, one = torch.randn(1, int(seconds * 16000)) * 0.1, torch.ones(1)
-    options, compile_s = {"eager": lambda: eager(wav, one)}, None
+
+    def load(**kwargs):
+        return inference.load_inference_folder(folder, trust_yaml=trust_yaml, **kwargs)
+
+    eager, inputs = timed_part(load(), length)
+    options, compile_s = {"eager": lambda: eager(*inputs)}, None
     if "int8" in chosen:
-        int8 = inference.load_inference_folder(folder, trust_yaml=trust_yaml, int8=True)
-        options["int8"] = lambda: int8.mods.encoder(wav, one)
+        int8 = timed_part(load(int8=True), length)[0]
+        options["int8"] = lambda: int8(*inputs)
     if "compiled" in chosen:
-        compiled = inference.load_inference_folder(folder, trust_yaml=trust_yaml).mods.encoder
+        compiled = timed_part(load(), length)[0]
         compiled.model = torch.compile(compiled.model, dynamic=False)
         start = time.perf_counter()
         with torch.no_grad():
-            compiled(wav, one)
+            compiled(*inputs)
         compile_s = time.perf_counter() - start
-        options["compiled"] = lambda: compiled(wav, one)
+        options["compiled"] = lambda: compiled(*inputs)
     if "onnx" in chosen:
-        options["onnx"] = onnx_runner(eager, wav, one)
+        options["onnx"] = onnx_runner(eager, *inputs)
     return options, compile_s
 
 
-def measure(folder, trust_yaml, seconds, repeats, chosen=OPTIONS):
+def measure(folder, trust_yaml, length, repeats, chosen=OPTIONS):
     """{option: (median seconds, max |difference| to eager) or reason}, compile s."""
-    options, compile_s = options_for(folder, trust_yaml, seconds, chosen)
+    options, compile_s = options_for(folder, trust_yaml, length, chosen)
     runnable = {k: v for k, v in options.items() if callable(v)}
     times = {k: [] for k in runnable}
     with torch.no_grad():
@@ -112,8 +127,8 @@ def speed_table(args):
     columns = ["model", "length", "eager s", *(t for o in shown for t in titles[o])]
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for name, folder in args.folders:
-        for seconds in args.seconds:
-            result, compile_s = measure(folder, args.trust_yaml, seconds, args.repeats, shown)
+        for length in args.tokens or args.seconds:
+            result, compile_s = measure(folder, args.trust_yaml, length, args.repeats, shown)
             eager = result["eager"][0]
 
             def cell(option, result=result, eager=eager):
@@ -122,7 +137,8 @@ def speed_table(args):
                     return value
                 return f"{value[0]:.3f} ({eager / value[0]:.2f}x; max diff {value[1]:.2g})"
 
-            cells = [f"{name}", f"{seconds:g} s", f"{eager:.3f}"]
+            unit = " tokens" if args.tokens else " s"
+            cells = [f"{name}", f"{length:g}{unit}", f"{eager:.3f}"]
             for option in shown:
                 cells.append(cell(option))
                 if option == "compiled":
@@ -165,6 +181,9 @@ def main():
         "--seconds", nargs="*", type=float, default=[3, 10, 60], help="none: no speed table"
     )
     parser.add_argument(
+        "--tokens", nargs="+", type=int, help="text folders: these input lengths (not --seconds)"
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=1,
@@ -184,7 +203,7 @@ def main():
     args = parser.parse_args()
     args.folders = [pair.split("=", 1) for pair in args.folders]
     print(machine.describe(), flush=True)
-    lines = speed_table(args) if args.seconds else []
+    lines = speed_table(args) if args.seconds or args.tokens else []
     if args.manifest:
         lines += ["", *accuracy_table(args)]
     if args.write:
