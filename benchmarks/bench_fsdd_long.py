@@ -12,6 +12,7 @@ exported inference folder, the whole string in one pass) and, from a fresh proce
     OMP_NUM_THREADS=2 python benchmarks/bench_fsdd_long.py --fsdd ../shared/data/fsdd \\
         --runs results/bench_fsdd_whisper/asr --modes std target hybrid unguided \\
         [--seeds 1986] [--seconds 3 10 30 60 120] [--split test] [--out results/fsdd_long]
+        [--trust-yaml]   # folders exported before cald_inference.json
 
 `--runs` is an `--output_root` of the recipe (runs in `<runs>/<mode>/<seed>/`); the
 split rule is the recipe's (`fsdd_prepare.split_rows`: the official test split 0-4
@@ -78,11 +79,11 @@ def long_strings(fsdd, split, seconds, count, out, max_gap=0.2, seed=0):
     return manifests
 
 
-def child(folder, wav):
+def child(folder, wav, trust_yaml):
     """One encoder pass on `wav` in this process: JSON {seconds, peak_mib}: the peak
     resident memory during the pass above the resident memory before it
     (`machine.start_peak_rss`, so loading the model does not hide it)."""
-    interface = inference.load_inference_folder(folder)
+    interface = inference.load_inference_folder(folder, trust_yaml=trust_yaml == "yaml")
     signal = interface.load_audio(wav)[None]
     with torch.no_grad():
         interface.encode_batch(signal[:, :SAMPLE_RATE], torch.ones(1))  # warm-up
@@ -93,9 +94,9 @@ def child(folder, wav):
     print(json.dumps({"seconds": seconds, "peak_mib": peak_mib()}))
 
 
-def measure(folder, wav):
+def measure(folder, wav, trust_yaml):
     """`child` in a fresh process (its peak memory is this pass's alone)."""
-    cmd = [sys.executable, __file__, "--child", folder, wav]
+    cmd = [sys.executable, __file__, "--child", folder, wav, "yaml" if trust_yaml else "safe"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         return {"failed": proc.stderr.strip().splitlines()[-1]}
@@ -112,7 +113,10 @@ def main(argv=None):
     parser.add_argument("--count", type=int, default=4, help="strings per length")
     parser.add_argument("--split", default="test", choices=["test", "dev"])
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "fsdd_long"))
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--trust-yaml", action="store_true", help="folders from before cald_inference.json"
+    )
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(*args.child)
@@ -127,9 +131,11 @@ def main(argv=None):
             run = os.path.join(args.runs, mode, str(seed))
             for length, manifest in manifests.items():
                 name = f"long_{args.split}_{length:g}s_{time.strftime('%Y%m%d%H%M%S')}"
-                metrics = evaluate.evaluate(run, manifest, name, batch_size=1)
+                metrics = evaluate.evaluate(
+                    run, manifest, name, batch_size=1, trust_yaml=args.trust_yaml
+                )
                 first_wav = read_csv_manifest(manifest)[0]["wav"]
-                cost = measure(os.path.join(run, "inference"), first_wav)
+                cost = measure(os.path.join(run, "inference"), first_wav, args.trust_yaml)
                 results[f"{mode}/{seed}/{length:g}"] = {**metrics, **cost}
                 shown = (
                     f"{cost['seconds']:7.2f} {cost['peak_mib']:8.0f}"
