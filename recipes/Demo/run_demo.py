@@ -12,7 +12,7 @@ On the FSDD subset shipped in `data/fsdd_subset` (360 real recordings, CC BY-SA
   fetched with pip and converted at first use). std fine-tuning (the teacher), then
   every attention layer converted to bidirectional Mamba2 and trained with CALD target
   guidance, and the same conversion without guidance (unguided); every run the same
-  100 steps (`hparams/whisper_asr_demo.yaml`), tested on 60 test strings.
+  200 steps of batch 4 (`hparams/whisper_asr_demo.yaml`), tested on 60 test strings.
 - `--task sid`: speaker identification (recipes/FSDD/workflow.py) from Whisper
   tiny.en or, with `--source digits`, from a random Wav2Vec2 (3 layers, width 64, no
   download) first trained here on digit recognition as a stand-in; std, target,
@@ -110,8 +110,9 @@ THREADS = {"digits": 1, "whisper": 2}  # default torch threads per source
 
 READING = {
     ("asr", "whisper"): "How to read it: Whisper tiny.en's real pretrained encoder, one seed at "
-    "demo size (100 steps per run); the 3-seed table of every mode at the recipe's size "
-    "(400 steps) is docs/BENCHMARKS.md (FSDD digit-string ASR with a converged teacher).",
+    "demo size (200 steps of batch 4 per run); the 3-seed table of every mode at the "
+    "recipe's size (400 steps of batch 8) is docs/BENCHMARKS.md (FSDD digit-string ASR with "
+    "a converged teacher).",
     ("sid", "digits"): "How to read it: the workflow (std teacher, CALD students, export, "
     "reload) on a model pretrained here on digits, not the paper's comparison; on a real "
     "pretrained speech transformer see `--task asr` and recipes/FSDD.",
