@@ -204,7 +204,7 @@ def _run_recipe(prepare, make_datasets, argv):
                 "hub": hparams["source_hub"],
                 "config": hparams.get("source_config"),
                 "overrides": hparams.get("source_overrides"),
-                "seed": hparams["seed"],
+                "seed": hparams["pretrained_seed"],
                 "feature_extractor": hparams.get("feature_extractor"),
                 "sample_rate": hparams.get("sample_rate"),
             },

@@ -109,3 +109,20 @@ def test_digit_string_asr(whisper_and_data, tmp_path):
         assert metrics["step"] == 4  # test_checkpoint: last (the YAML's), not the best on dev
     assert (tmp_path / "std" / "1986" / "inference" / "hyperparams.yaml").is_file()
     evaluate_again(tmp_path, "target", ["WER", "CER"])
+
+
+def test_starting_model_does_not_depend_on_the_first_runs_seed(whisper_and_data, tmp_path):
+    """The shared starting model (`<output_root>/pretrained`: Whisper's encoder and a new
+    CTC head) is the same whichever seed's run writes it (before: the first run's seed
+    drew the head, so a run's result depended on which seed ran first in its folder)."""
+    whisper, data = whisper_and_data
+    prepare = "{sample_rate: 16000, heldout_indices: 1, utterances: [4, 2, 2], digits: [2, 2]}"
+    heads = []
+    for seed in ("1987", "1986"):
+        root = tmp_path / seed
+        args = ["train_asr.py", "hparams/whisper_asr.yaml", "--data_folder", str(data)]
+        args += ["--source_hub", str(whisper), "--prepare_options", prepare, "--seed", seed]
+        args += ["--output_root", str(root), *TINY_RUN]
+        run(args, tmp_path)
+        heads.append(file_hashes(root / "pretrained")["model.safetensors"])
+    assert heads[0] == heads[1]
