@@ -49,7 +49,8 @@ SAMPLE_RATE = 16000  # the models'
 
 def long_strings(fsdd, split, seconds, count, out, max_gap=0.2, seed=0):
     """`count` strings of at least `seconds` s per length from `split`'s recordings:
-    a manifest per length, `{seconds: csv path}`."""
+    a manifest per length, `{seconds: csv path}` (column `ends`: where each recording
+    ends, in samples at FSDD's 8 kHz)."""
     rows = fsdd_prepare.split_rows(os.path.abspath(fsdd), 5)[split]
     speakers = sorted({r["speaker"] for r in rows})
     audio = {r["ID"]: read_audio(r["wav"], RATE) for r in rows}
@@ -60,7 +61,7 @@ def long_strings(fsdd, split, seconds, count, out, max_gap=0.2, seed=0):
         for n in range(count):
             speaker = speakers[n % len(speakers)]
             pool = [r for r in rows if r["speaker"] == speaker]
-            pieces, words, total = [], [], 0
+            pieces, words, ends, total = [], [], [], 0
             while total < length * RATE:
                 clip = pool[rng.integers(len(pool))]
                 if pieces:
@@ -68,11 +69,18 @@ def long_strings(fsdd, split, seconds, count, out, max_gap=0.2, seed=0):
                 pieces.append(audio[clip["ID"]])
                 words.append(fsdd_prepare.DIGIT_WORDS[int(clip["digit"])])
                 total = sum(len(p) for p in pieces)
+                ends.append(total)
             uid = f"{split}_{length:g}s_{n}_{speaker}"
             wav = os.path.join(out, "audio", f"{uid}.wav")
             write_audio(wav, np.concatenate(pieces), RATE)
             manifest.append(
-                {"ID": uid, "duration": total / RATE, "wav": wav, "wrd": " ".join(words)}
+                {
+                    "ID": uid,
+                    "duration": total / RATE,
+                    "wav": wav,
+                    "wrd": " ".join(words),
+                    "ends": " ".join(map(str, ends)),  # each recording's end, in samples
+                }
             )
         manifests[length] = os.path.join(out, f"{split}_{length:g}s.csv")
         write_csv_manifest(manifests[length], manifest)
