@@ -52,7 +52,7 @@ def transcripts(task, model, row, group):
     ends = [int(e) * scale for e in row["ends"].split()]
     words = row["wrd"].split()
     cuts = ends[group - 1 :: group]
-    cuts = cuts if cuts[-1] == ends[-1] else [*cuts, ends[-1]]
+    cuts = cuts if cuts and cuts[-1] == ends[-1] else [*cuts, ends[-1]]  # fewer than a group
     spans = list(zip([0, *cuts[:-1]], cuts))
     filters = speech_input.feature_extractor_from_config(model.config).mel_filters
 

@@ -258,7 +258,7 @@ def asr_demo(args, out):
         print(f"   {mode}: test WER {stats[mode]['WER']:.2f} ({stats[mode]['seconds']:.0f} s)")
     test_files = [row["wav"] for row in read_csv_manifest(out / "manifests" / "test.csv")]
     return {
-        "runs": {TEACHER: "std", **{m: m for m in ASR_STUDENTS}},
+        "students": ASR_STUDENTS,
         "root": out,
         "stats": stats,
         "metrics": ("WER", "CER"),
@@ -271,7 +271,7 @@ def asr_demo(args, out):
 
 def sid_demo(args, out):
     """The speaker-ID workflow (recipes/FSDD/workflow.py) at demo size; returns
-    {"runs": {table name: run}, "root", "stats": {run: test stats}, "metrics",
+    {"students": runs besides std, "root", "stats": {run: test stats}, "metrics",
     "test_files", "pretrained", "predict", "training_predict"}."""
     demo_args, tiny_args, per_speaker = SID_SETTINGS[args.source]
     common, pretrain_args, task_args = tiny_args if args.tiny else demo_args
@@ -291,7 +291,7 @@ def sid_demo(args, out):
         **source,
     )
     return {
-        "runs": {TEACHER: "std", **{m: m for m in SID_STUDENTS}},
+        "students": SID_STUDENTS,
         "root": Path(result["folders"]["speaker_root"]),
         "stats": {mode: per_seed[SEED] for mode, per_seed in result["runs"].items()},
         "metrics": ("acc",),
@@ -321,7 +321,7 @@ def plot_curves(logs, path, metric):
     plt.close(fig)
 
 
-def findings(rows, metric, logs):
+def findings(rows, metric, logs, steps):
     """Closing lines computed from the table and the train logs: each guided student
     against the unguided one and against the teacher, the dev curves, and the
     encoders' times."""
@@ -329,7 +329,6 @@ def findings(rows, metric, logs):
     show = (lambda v: f"{v:.1f}") if lower else (lambda v: f"{v:.3f}")
     value = {row["model"]: row[metric] for row in rows}
     curves = {n: [r for r in log if f"valid {metric}" in r] for n, log in logs.items()}
-    steps = int(max(r["step"] for r in curves[TEACHER]))
     lines = []
     for name in ("target", "hybrid"):
         if name in value and "unguided" in value:
@@ -386,9 +385,8 @@ def main(argv=None):
             flush=True,
         )
     demo = (asr_demo if args.task == "asr" else sid_demo)(args, out)
-    run_dirs = {
-        name: workflow.run_folder(demo["root"], run, SEED) for name, run in demo["runs"].items()
-    }
+    runs = {TEACHER: "std", **{m: m for m in demo["students"]}}  # table name -> run
+    run_dirs = {name: workflow.run_folder(demo["root"], run, SEED) for name, run in runs.items()}
 
     print("== reload the exported models, time them, plot curves and feature shift ==", flush=True)
     # Export -> reload through the inference interface -> apply to a test file.
@@ -401,7 +399,7 @@ def main(argv=None):
             "inference": demo["predict"](interface, probe),
             "training": demo["training_predict"](run_dir, probe),
         }
-        stats = demo["stats"][demo["runs"][name]]
+        stats = demo["stats"][runs[name]]
         rows.append(
             {
                 "model": name,
@@ -429,7 +427,7 @@ def main(argv=None):
 
     steps = int(max(row.get("step", 0) for row in logs[TEACHER]))
     metrics = demo["metrics"]
-    closing = findings(rows, metric, logs)
+    closing = findings(rows, metric, logs, steps)
     lines = [
         f"{'Digit-string ASR' if args.task == 'asr' else 'Speaker identification'} on the demo "
         f"FSDD subset ({len(demo['test_files'])} test utterances, {steps} steps per run); "
