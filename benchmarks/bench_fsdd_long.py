@@ -12,6 +12,7 @@ exported inference folder, the whole string in one pass) and, from a fresh proce
     OMP_NUM_THREADS=2 python benchmarks/bench_fsdd_long.py --fsdd ../shared/data/fsdd \\
         --runs results/bench_fsdd_whisper/asr --modes std target hybrid unguided \\
         [--seeds 1986] [--seconds 3 10 30 60 120] [--split test] [--out results/fsdd_long]
+        [--mixer-option max_timescale=50]  # over the exported students' own settings
         [--trust-yaml]   # folders exported before cald_inference.json
 
 `--runs` is an `--output_root` of the recipe (runs in `<runs>/<mode>/<seed>/`); the
@@ -87,11 +88,13 @@ def long_strings(fsdd, split, seconds, count, out, max_gap=0.2, seed=0):
     return manifests
 
 
-def child(folder, wav, trust_yaml):
+def child(folder, wav, trust_yaml, mixer_options):
     """One encoder pass on `wav` in this process: JSON {seconds, peak_mib}: the peak
     resident memory during the pass above the resident memory before it
     (`machine.start_peak_rss`, so loading the model does not hide it)."""
-    interface = inference.load_inference_folder(folder, trust_yaml=trust_yaml == "yaml")
+    interface = inference.load_inference_folder(
+        folder, trust_yaml=trust_yaml == "yaml", mixer_options=json.loads(mixer_options)
+    )
     signal = interface.load_audio(wav)[None]
     with torch.no_grad():
         interface.encode_batch(signal[:, :SAMPLE_RATE], torch.ones(1))  # warm-up
@@ -102,9 +105,10 @@ def child(folder, wav, trust_yaml):
     print(json.dumps({"seconds": seconds, "peak_mib": peak_mib()}))
 
 
-def measure(folder, wav, trust_yaml):
+def measure(folder, wav, trust_yaml, mixer_options):
     """`child` in a fresh process (its peak memory is this pass's alone)."""
-    cmd = [sys.executable, __file__, "--child", folder, wav, "yaml" if trust_yaml else "safe"]
+    trust = "yaml" if trust_yaml else "safe"
+    cmd = [sys.executable, __file__, "--child", folder, wav, trust, json.dumps(mixer_options)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         return {"failed": proc.stderr.strip().splitlines()[-1]}
@@ -122,14 +126,21 @@ def main(argv=None):
     parser.add_argument("--split", default="test", choices=["test", "dev"])
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "fsdd_long"))
     parser.add_argument(
+        "--mixer-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="students only: a setting of their mixers over the exported one (evaluate's)",
+    )
+    parser.add_argument(
         "--trust-yaml", action="store_true", help="folders from before cald_inference.json"
     )
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(*args.child)
     if not (args.fsdd and args.runs):
         parser.error("--fsdd and --runs are required")
+    mixer_options = evaluate.parse_options(args.mixer_option)
     print(machine.describe(), flush=True)
     manifests = long_strings(args.fsdd, args.split, args.seconds, args.count, args.out)
     print(f"{'run':18} {'length':>7} {'WER':>6} {'CER':>6} {'enc s':>7} {'peak MiB':>8}")
@@ -137,13 +148,15 @@ def main(argv=None):
     for mode in args.modes:
         for seed in args.seeds:
             run = os.path.join(args.runs, mode, str(seed))
+            options = {} if mode == "std" else mixer_options  # a transformer has no mixers
             for length, manifest in manifests.items():
                 name = f"long_{args.split}_{length:g}s_{time.strftime('%Y%m%d%H%M%S')}"
                 metrics = evaluate.evaluate(
-                    run, manifest, name, batch_size=1, trust_yaml=args.trust_yaml
+                    run, manifest, name, 1, trust_yaml=args.trust_yaml, mixer_options=options
                 )
                 first_wav = read_csv_manifest(manifest)[0]["wav"]
-                cost = measure(os.path.join(run, "inference"), first_wav, args.trust_yaml)
+                folder = os.path.join(run, "inference")
+                cost = measure(folder, first_wav, args.trust_yaml, options)
                 results[f"{mode}/{seed}/{length:g}"] = {**metrics, **cost}
                 shown = (
                     f"{cost['seconds']:7.2f} {cost['peak_mib']:8.0f}"

@@ -12,6 +12,9 @@ anything) are transcribed by each run's best model in the training code's forwar
 
 and the one-pass transcript split at the middle group boundary gives the WER of the
 first and the second half (a drift along the string shows as a worse second half).
+Then, per run, the memory of its scans' heads on the first string of the longest
+length: 1 / (dt |A|) in encoder frames (the state's decay time), the median over the
+string's frames, summarised over every head of every Mamba2 mixer.
 
     OMP_NUM_THREADS=1 python benchmarks/diag_fsdd_long_context.py --fsdd ../shared/data/fsdd \\
         --runs results/bench_fsdd_whisper/asr --modes target --seeds 1986 1987 1988 \\
@@ -23,7 +26,9 @@ import os
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from speechbrain.utils.edit_distance import wer_details_for_batch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +37,7 @@ import machine  # noqa: E402
 
 from speechbrain_cald import hyperyaml, speech_input  # noqa: E402
 from speechbrain_cald.dataprep import read_audio, read_csv_manifest  # noqa: E402
+from speechbrain_cald.lobes.mamba2 import Mamba2Mixer  # noqa: E402
 from speechbrain_cald.tasks import CTCASR  # noqa: E402
 
 ROOT = bench_fsdd_long.ROOT
@@ -43,6 +49,31 @@ def word_errors(pairs):
     """WER in % over (reference words, hypothesis words) pairs."""
     details = wer_details_for_batch(list(range(len(pairs))), *zip(*pairs))
     return 100 * sum(d["num_edits"] for d in details) / sum(d["num_ref_tokens"] for d in details)
+
+
+def memory_spans(model, row):
+    """Every Mamba2 head's memory 1 / (dt |A|) in encoder frames, the median over the
+    frames of `row`'s string (one pass): a 1-D array over all heads of all mixers."""
+    spans, hooks = [], []
+    for mixer in (m for m in model.modules() if isinstance(m, Mamba2Mixer)):
+
+        def record(module, args, out, mixer=mixer):
+            dt = out[..., -mixer.config.nheads :]  # in_proj's last block, (b, l, h)
+            rate = F.softplus(dt + mixer.dt_bias) * torch.exp(mixer.A_log)
+            spans.append((1 / rate).median(dim=1).values[0])
+
+        hooks.append(mixer.in_proj.register_forward_hook(record))
+    wav = torch.from_numpy(read_audio(row["wav"], bench_fsdd_long.SAMPLE_RATE)).float()
+    features = speech_input.log_mel(
+        wav[None],
+        torch.tensor([len(wav)]),
+        speech_input.feature_extractor_from_config(model.config).mel_filters,
+    )[0]
+    with torch.no_grad():
+        model(input_features=features)
+    for hook in hooks:
+        hook.remove()
+    return torch.cat(spans).numpy()
 
 
 def transcripts(task, model, row, group):
@@ -113,6 +144,15 @@ def main(argv=None):
                         pairs[condition].append(pair)
                 cells = " | ".join(f"{word_errors(pairs[c]):.1f}" for c in CONDITIONS)
                 print(f"| {mode}/{seed} | {length:g} s | {cells} |", flush=True)
+            spans = memory_spans(model, read_csv_manifest(manifest)[0])
+            quartiles = " / ".join(f"{q:.0f}" for q in np.percentile(spans, [25, 50, 75]))
+            print(
+                f"{mode}/{seed}: heads' memory (frames, {len(spans)} heads, {length:g} s "
+                f"string): quartiles {quartiles}, max {spans.max():.0f}; over 50: "
+                f"{(spans > 50).sum()}, over 200: {(spans > 200).sum()}, over 1000: "
+                f"{(spans > 1000).sum()}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,17 @@ class Mamba2Config:
     The pure-PyTorch mixer runs long inputs in blocks of `torch_time_block` frames (whole
     mixer per block, conv context and SSM state carried over), so that its intermediates
     stay cache-sized at any length; the result does not depend on it beyond rounding.
+
+    `max_timescale` (frames; None: plain Mamba2) caps every head's memory: the state decays
+    by at least exp(-1 / max_timescale) per frame, its input unchanged (`cap_timescale`).
+    A student trained on short inputs can hold heads whose memory far exceeds anything it
+    saw; capping them at inference keeps long inputs within its training regime
+    (docs/BENCHMARKS.md). It changes no parameter, so it can be set on a trained model
+    (`INFERENCE_FIELDS`); the mamba_ssm backend has no cap and falls back to torch.
     """
+
+    # Fields that change how the mixer computes, not its parameters: settable after training.
+    INFERENCE_FIELDS: ClassVar[tuple[str, ...]] = ("max_timescale", "backend")
 
     d_model: int
     d_state: int = 128
@@ -60,8 +71,11 @@ class Mamba2Config:
     bias: bool = False
     norm_eps: float = 1e-5
     backend: str = "auto"
+    max_timescale: float | None = None
 
     def __post_init__(self):
+        if self.max_timescale is not None and not self.max_timescale > 0:
+            raise ValueError(f"max_timescale {self.max_timescale}: a positive number of frames")
         if self.headdim is None:
             self.headdim = self._default_headdim()
         if self.d_inner % self.headdim:
@@ -98,6 +112,33 @@ class Mamba2Config:
     def in_proj_width(self) -> int:
         """Width of in_proj's output [z, x, B, C, dt]."""
         return self._in_proj_width(self.nheads)
+
+
+def cap_timescale(x, dt, A, max_timescale, valid=None):
+    """The scan's inputs with every head's memory capped at `max_timescale` frames.
+
+    x `(..., nheads, headdim)`, dt `(..., nheads)` (positive, zero on padding), A
+    `(nheads,)` negative, valid `(..., 1)` or None -> (x', dt') with
+    dt' = max(dt, 1 / (max_timescale |A|)) (the decay exp(dt' A) is at most
+    exp(-1 / max_timescale)) and dt' x' = dt x (the state takes in what it took before);
+    padding keeps dt' = 0 (no decay, no input). `max_timescale` None: (x, dt) unchanged.
+    """
+    if max_timescale is None:
+        return x, dt
+    dt_decay = torch.maximum(dt, 1.0 / (max_timescale * -A))
+    gain = (dt / dt_decay)[..., None].to(x.dtype)  # 0 on padding (dt = 0), dt_decay > 0
+    if valid is not None:
+        dt_decay = dt_decay * valid
+    return x * gain, dt_decay
+
+
+@functools.cache
+def _warn_timescale_once():
+    warnings.warn(
+        "Mamba2 max_timescale: mamba-ssm's kernels have no cap on a head's memory: "
+        "running the pure-PyTorch path (same function, slower)",
+        stacklevel=3,
+    )
 
 
 @functools.cache
@@ -156,11 +197,15 @@ class RMSNormGated(nn.Module):
 
 def scan_backend(cfg: Mamba2Config, device, width: int, kind: str) -> str:
     """The scan backend for a module of `cfg` on `device` whose input projection is
-    `width` wide: mamba_ssm where it runs (width a multiple of 8), else torch."""
+    `width` wide: mamba_ssm where it runs (width a multiple of 8, no `max_timescale`),
+    else torch."""
     backend = resolve_backend(cfg.backend, device, kind=kind)
     if backend == "mamba_ssm" and width % 8:
         # mamba-ssm's fused kernels fail on it: the exact torch path instead
         _warn_width_once(width)
+        backend = "torch"
+    if backend == "mamba_ssm" and cfg.max_timescale is not None:
+        _warn_timescale_once()
         backend = "torch"
     return backend
 
@@ -259,12 +304,13 @@ class Mamba2Scan(nn.Module):
             dt = F.softplus(dt + self.dt_bias)  # (b, l, h)
             if valid is not None:  # ... and no decay of it (dt = 0)
                 dt = dt * valid
+            x_in, dt = cap_timescale(x, dt, A, cfg.max_timescale, valid)
             chunk = cfg.torch_chunk_size
             if need_state:
-                y, state = ssd_chunked(x, dt, A, B, C, chunk, state, return_final_state=True)
+                y, state = ssd_chunked(x_in, dt, A, B, C, chunk, state, return_final_state=True)
             else:  # a short input is one chunk: no chunk states to compute or pass on
                 chunk = seqlen if seqlen <= cfg.torch_single_chunk else chunk
-                y = ssd_chunked(x, dt, A, B, C, chunk, state)
+                y = ssd_chunked(x_in, dt, A, B, C, chunk, state)
                 next_context = state = None
             y = torch.addcmul(y, x, self.D[:, None].to(x.dtype))  # y + D x, (b, l, h, p)
         return y.reshape(batch, seqlen, cfg.d_inner), next_context, state
@@ -346,7 +392,8 @@ class Mamba2Mixer(Mamba2Scan):
         previous step) -> (output `(batch, 1, d_model)`, the state after it).
 
         The recurrence itself, in constant time and memory per token:
-        conv over the last k inputs; state = exp(dt A) state + dt B x^T; y = C state + D x.
+        conv over the last k inputs; state = exp(dt A) state + dt B x^T; y = C state + D x
+        (with `max_timescale`, the decay's dt is `cap_timescale`'s).
         """
         cfg = self.config
         conv_context, ssm_state = state
@@ -374,8 +421,10 @@ class Mamba2Mixer(Mamba2Scan):
             .reshape(batch, cfg.nheads, cfg.d_state)
         )
         dt = F.softplus(dt + self.dt_bias).float()  # (b, h)
-        decay = torch.exp(dt * -torch.exp(self.A_log.float()))  # (b, h)
-        update = (dt[..., None] * B.float())[..., None] * x.float()[:, :, None, :]  # (b, h, n, p)
+        A = -torch.exp(self.A_log.float())  # (h,)
+        x_in, dt = cap_timescale(x.float(), dt, A, cfg.max_timescale)
+        decay = torch.exp(dt * A)  # (b, h)
+        update = (dt[..., None] * B.float())[..., None] * x_in[:, :, None, :]  # (b, h, n, p)
         ssm_state = decay[..., None, None] * ssm_state + update
         y = torch.einsum("bhnp,bhn->bhp", ssm_state, C.float()).to(x.dtype)
         y = torch.addcmul(y, x, self.D[:, None].to(x.dtype)).reshape(batch, 1, cfg.d_inner)

@@ -2,6 +2,7 @@
 
     python -m speechbrain_cald.evaluate <run folder | inference folder> <manifest.csv> \\
         --name <name> [--batch-size 8] [--device cpu] [--label-column head=column] [--int8]
+        [--mixer-option max_timescale=50]
 
 The model is the run's exported inference folder (`<run>/inference`: the checkpoint
 its test stage tested and exported, `test_checkpoint`), loaded through the inference
@@ -23,6 +24,7 @@ import re
 import sys
 
 import torch
+import yaml
 from speechbrain.utils.data_utils import batch_pad_right
 
 from speechbrain_cald import inference
@@ -128,6 +130,18 @@ def label_columns(interface, pairs):
     return columns
 
 
+def parse_options(pairs):
+    """{key: value} from `KEY=VALUE` strings, each value read as YAML (50 -> int,
+    null -> None); ValueError naming a pair without '='."""
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--mixer-option {pair!r}: give KEY=VALUE, e.g. max_timescale=50")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def evaluate(
     path,
     manifest,
@@ -138,14 +152,15 @@ def evaluate(
     label_pairs=None,
     int8=False,
     trust_yaml=False,
+    mixer_options=None,
 ):
     """Evaluate the model of `path` (run or inference folder) on `manifest`; returns the
-    metrics written to `<results folder>/metrics.json`. `int8` and `trust_yaml`: as
-    `inference.load_inference_folder`'s."""
+    metrics written to `<results folder>/metrics.json`. `int8`, `trust_yaml` and
+    `mixer_options`: as `inference.load_inference_folder`'s."""
     model, run = model_folder(path)
     folder = results_folder(model, run, name, out)
     interface = inference.load_inference_folder(
-        model, device=device, int8=int8, trust_yaml=trust_yaml
+        model, device=device, int8=int8, trust_yaml=trust_yaml, mixer_options=mixer_options
     )
     if isinstance(interface, inference.ASR):
         rows = read_rows(manifest, ["wrd"])
@@ -166,6 +181,7 @@ def evaluate(
             "manifest": os.path.abspath(manifest),
             "model": os.path.abspath(model),
             "int8": int8,
+            "mixer_options": mixer_options or {},
         }
         with open(os.path.join(partial, "metrics.json"), "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2)
@@ -190,13 +206,20 @@ def main(argv=None):
         help="load through the folder's hyperparams.yaml (runs the code it names; for "
         "folders exported before cald_inference.json)",
     )
+    parser.add_argument(
+        "--mixer-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a setting of the student's mixers that changes no parameter, over the "
+        "folder's own (conversion.set_mixer_options), e.g. max_timescale=50",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.exit(2, f"error: --batch-size {args.batch_size}: must be >= 1\n")
     try:
         record = evaluate(
             args.model, args.manifest, args.name, args.batch_size, args.device, args.out,
-            args.label_column, args.int8, args.trust_yaml,
+            args.label_column, args.int8, args.trust_yaml, parse_options(args.mixer_option),
         )  # fmt: skip
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")

@@ -15,8 +15,9 @@ and calls `main(prepare, make_datasets)`, which runs, in order:
    (`source_hub`: a hub id or local folder; or a random model from `source_config`);
 4. `make_datasets(hparams) -> {split: DynamicItemDataset}` (`speech_data`,
    `text_data`);
-5. `run`: the CALDBrain fitted, the best checkpoint tested, `test_metrics.json`
-   written and the best model exported (HF folder + inference folder).
+5. `run`: the CALDBrain fitted, its `inference_mixer_options` set (if any), the best
+   checkpoint tested, `test_metrics.json` written and the best model exported (HF
+   folder + inference folder).
 
 Training length is counted in optimizer steps: one SpeechBrain "epoch" is
 `eval_every_steps` batches drawn by `samplers.StepBatchSampler`, so dev evaluation and
@@ -32,7 +33,7 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
 
-from speechbrain_cald import inference, layer_selection, schedulers
+from speechbrain_cald import conversion, inference, layer_selection, schedulers
 from speechbrain_cald.brain import CALDBrain
 from speechbrain_cald.checkpoints import CheckpointIntegrityError
 from speechbrain_cald.hparams_yaml import load_experiment, write_experiment
@@ -65,6 +66,7 @@ def run(hparams, run_opts, datasets):
         checkpointer=hparams["checkpointer"],
     )
     test_keys = tested_checkpoint(brain, hparams)  # a bad setting fails before training
+    inference_mixer_options(brain, hparams, check_only=True)
     batch_sampler = train_batch_sampler(datasets["train"], hparams)
     brain.train_sampler = batch_sampler  # receives set_epoch from Brain.fit
     eval_kwargs = {"batch_size": hparams["eval_batch_size"], "num_workers": 0}
@@ -81,6 +83,7 @@ def run(hparams, run_opts, datasets):
         },
         valid_loader_kwargs=eval_kwargs,
     )
+    inference_mixer_options(brain, hparams)  # the test stage and the exports run with them
     brain.evaluate(datasets["test"], test_loader_kwargs=eval_kwargs, **test_keys)
     stats = {**brain.last_stage_stats, "step": brain.optimizer_step}
     write_test_files(brain, hparams["output_folder"], stats)
@@ -105,6 +108,16 @@ def tested_checkpoint(brain, hparams):
     if which == "last":
         return {}
     return {name[:-1]: keys[0] for name, keys in brain.ckpt_keys().items()}  # max_key=...
+
+
+def inference_mixer_options(brain, hparams, check_only=False):
+    """The YAML's `inference_mixer_options` set on the student's mixers after training
+    (`conversion.set_mixer_options`: settings that change no parameter, e.g. a cap on
+    a Mamba2 head's memory); a transformer (a std run) has no mixers to take them."""
+    options = hparams.get("inference_mixer_options") or {}
+    student = unwrapped(brain.modules.student)
+    if options and conversion.student_slots(student):
+        conversion.set_mixer_options(student, check_only=check_only, **options)
 
 
 @sb.utils.distributed.main_process_only

@@ -601,18 +601,32 @@ def _write_inference_folder(
     write_safe_config(folder, description)
 
 
-def load_inference_folder(folder, savedir=None, device="cpu", trust_yaml=False, int8=False):
+def load_inference_folder(
+    folder, savedir=None, device="cpu", trust_yaml=False, int8=False, mixer_options=None
+):
     """The interface (ASR, SpeechClassifier, ...) an exported folder was written for.
 
     By default nothing from the folder is executed (`load_exported`). ``trust_yaml=True``
     loads its hyperparams.yaml through SpeechBrain instead, linking the files into
     `savedir` (default: a new temporary folder; nothing is written into `folder`).
     ``int8=True``: the model's linear layers quantised for CPU inference (`quantize_int8`).
+    ``mixer_options``: a dict of settings of a student's mixers that change no parameter
+    (`conversion.set_mixer_options`, e.g. ``{"max_timescale": 50}``) over the folder's own.
     ValueError naming the folder when it is missing, not a folder, refused, or names
     no known interface; the device must exist.
     """
     interface = _load_inference_folder(folder, savedir, device, trust_yaml)
+    if mixer_options:
+        try:
+            conversion.set_mixer_options(interface_model(interface), **mixer_options)
+        except ValueError as err:
+            raise ValueError(f"inference folder {folder}: {err}") from None
     return quantize_int8(interface) if int8 else interface
+
+
+def interface_model(interface):
+    """The HF model (student or transformer) an inference interface runs."""
+    return interface.mods[interface.MODULES_NEEDED[0]].model  # the encoder or text model
 
 
 def quantize_int8(interface):
@@ -623,11 +637,10 @@ def quantize_int8(interface):
     interface. ValueError on another device than the CPU."""
     if str(interface.device) != "cpu":
         raise ValueError(f"int8: dynamic quantisation runs on the CPU, not {interface.device}")
-    module = interface.mods[interface.MODULES_NEEDED[0]]  # the encoder or text model
     with warnings.catch_warnings():  # torch.ao's eager API: deprecated, still the one for CPU
         warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated")
         torch.ao.quantization.quantize_dynamic(
-            module.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+            interface_model(interface), {torch.nn.Linear}, dtype=torch.qint8, inplace=True
         )
     return interface
 

@@ -34,6 +34,7 @@ from speechbrain_cald.conversion.convert import (
     build_student_from_config,
     convert_to_student,
     kept_attention,
+    set_mixer_options,
     student_slots,
 )
 from speechbrain_cald.conversion.io import from_pretrained, load_student
@@ -68,5 +69,6 @@ __all__ = [
     "load_student",
     "register_family",
     "register_mixer",
+    "set_mixer_options",
     "student_slots",
 ]

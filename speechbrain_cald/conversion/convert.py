@@ -9,6 +9,7 @@ same architecture without the teacher.
 """
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Mapping
 
@@ -103,6 +104,47 @@ def student_slots(model: nn.Module) -> list[nn.Module]:
     return [
         family.slot(layer) for index, layer in enumerate(family.layers(model)) if index not in kept
     ]
+
+
+def set_mixer_options(model: nn.Module, check_only: bool = False, **options) -> nn.Module:
+    """Change how a trained CALD student's mixers compute, not their parameters: the
+    lobe config's `INFERENCE_FIELDS` (e.g. `Mamba2Config.max_timescale`), on every mixer
+    and in the stored `cald_student` config, so saving, exporting and reloading keep
+    them. Returns `model`. ValueError for a model that is not a CALD student, a field
+    its mixer does not let change, or a value the lobe config refuses; `check_only`:
+    those checks alone, nothing changed."""
+    stored = getattr(model.config, "cald_student", None)
+    if not stored:
+        raise ValueError(
+            f"mixer options {sorted(options)}: a {type(model).__name__} that is not a CALD "
+            "student has no mixers to set"
+        )
+    spec = MIXERS[stored["mixer"]]
+    settable = getattr(spec.config_class, "INFERENCE_FIELDS", ())
+    refused = sorted(set(options) - set(settable))
+    if refused:
+        raise ValueError(
+            f"mixer options {refused}: not settable on a trained {spec.name!r} student "
+            f"(settable: {list(settable)})"
+        )
+    configs = {
+        id(module.config): module.config
+        for slot in student_slots(model)
+        for module in slot.modules()
+        if isinstance(getattr(module, "config", None), spec.config_class)
+    }
+    for lobe_config in configs.values():
+        dataclasses.replace(lobe_config, **options)  # the lobe's own checks, before any change
+    if check_only:
+        return model
+    for lobe_config in configs.values():
+        for name, value in options.items():
+            setattr(lobe_config, name, value)
+    model.config.cald_student = {
+        **stored,
+        "mixer_config": {**stored["mixer_config"], **options},
+    }
+    return model
 
 
 def kept_attention(model: nn.Module) -> list[int]:

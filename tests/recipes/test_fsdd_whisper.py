@@ -102,13 +102,27 @@ def test_digit_string_asr(whisper_and_data, tmp_path):
     prepare = "{sample_rate: 16000, heldout_indices: 1, utterances: [8, 4, 4], digits: [2, 3]}"
     overrides = ["--data_folder", str(data), "--source_hub", str(whisper)]
     overrides += ["--prepare_options", prepare, "--output_root", str(tmp_path), *TINY_RUN]
+    asr = ["train_asr.py", "hparams/whisper_asr.yaml"]
     for mode in ("std", "target"):
-        run(["train_asr.py", "hparams/whisper_asr.yaml", "--mode", mode, *overrides], tmp_path)
+        run([*asr, "--mode", mode, *overrides], tmp_path)
         metrics = run_metrics(tmp_path, mode)
         assert metrics["WER"] >= 0 and metrics["CER"] >= 0, (mode, metrics)
         assert metrics["step"] == 4  # test_checkpoint: last (the YAML's), not the best on dev
     assert (tmp_path / "std" / "1986" / "inference" / "hyperparams.yaml").is_file()
+    # The student is tested and exported with the YAML's inference_mixer_options, and
+    # its export gives the test stage's figures (evaluate_again).
+    with open(tmp_path / "target" / "1986" / "inference" / "cald_inference.json") as f:
+        mixer_config = json.load(f)["model"]["config"]["cald_student"]["mixer_config"]
+    assert mixer_config["max_timescale"] == 50
     evaluate_again(tmp_path, "target", ["WER", "CER"])
+    # An option that would change the trained parameters fails before training.
+    bad = ["--mode", "target", "--seed", "1987", "--inference_mixer_options", "{d_state: 4}"]
+    bad += ["--teacher_folder", str(tmp_path / "std" / "1986" / "best_model")]
+    refused = run([*asr, *bad, *overrides], tmp_path, status=2)
+    last = refused.stderr.strip().splitlines()[-1]  # (after transformers' loading bars)
+    assert last.startswith("error: mixer options ['d_state']: not settable"), last
+    save = tmp_path / "target" / "1987" / "save"
+    assert not save.exists() or not os.listdir(save)
 
 
 def test_starting_model_does_not_depend_on_the_first_runs_seed(whisper_and_data, tmp_path):

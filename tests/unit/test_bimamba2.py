@@ -33,11 +33,14 @@ def masks(kind: str) -> dict:
     return {"attention_mask": additive[:, None, None, :].expand(-1, 1, TIME, TIME)}
 
 
+@pytest.mark.parametrize("max_timescale", [None, 4.0], ids=["plain", "capped"])
 @pytest.mark.parametrize("lobe", [BiMamba2, SharedProjectionBiMamba2])
 @pytest.mark.parametrize("kind", ["lengths", "bool", "additive_4d"])
-def test_padded_batch_matches_each_utterance_alone(kind, lobe):
+def test_padded_batch_matches_each_utterance_alone(kind, lobe, max_timescale):
     torch.manual_seed(random.randrange(2**31))
-    cfg = Mamba2Config(d_model=32, d_state=8, headdim=8, torch_chunk_size=8)
+    cfg = Mamba2Config(
+        d_model=32, d_state=8, headdim=8, torch_chunk_size=8, max_timescale=max_timescale
+    )
     layer = lobe(cfg)
     x = torch.randn(len(N_VALID), TIME, cfg.d_model, requires_grad=True)
     weight = torch.randn(len(N_VALID), TIME, cfg.d_model)

@@ -16,21 +16,23 @@ from speechbrain_cald import conversion, inference
 from speechbrain_cald.conversion.cache import RecurrentStateLayer
 from speechbrain_cald.tasks import CausalLM
 
-MIXERS = {
-    "mamba": {"d_state": 4, "chunk_size": 8},
-    "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8},  # in_proj 2*32 + 16 + 4 = 84
+MIXERS = {  # test id: (mixer, mixer_config)
+    "mamba": ("mamba", {"d_state": 4, "chunk_size": 8}),
+    "mamba2": ("mamba2", {"d_state": 8, "headdim": 8, "chunk_size": 8}),  # in_proj 84 wide
+    "mamba2_capped": ("mamba2", {"d_state": 8, "headdim": 8, "chunk_size": 8, "max_timescale": 4}),
 }
 pytestmark = pytest.mark.filterwarnings("ignore:Mamba2 in_proj width:UserWarning")
 
 
-def student(mixer, seed=0):
+def student(name, seed=0):
     torch.manual_seed(seed)
     config = transformers.GPTNeoXConfig(
         vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=256,
     )  # fmt: skip
     teacher = transformers.GPTNeoXForCausalLM(config).eval()
-    model = conversion.convert_to_student(teacher, {"mixer": mixer, "mixer_config": MIXERS[mixer]})
+    mixer, mixer_config = MIXERS[name]
+    model = conversion.convert_to_student(teacher, {"mixer": mixer, "mixer_config": mixer_config})
     return model[0].eval()
 
 

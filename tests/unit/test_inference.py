@@ -501,3 +501,44 @@ def test_padding_frames_decode_nothing(asr):
         alone = asr.transcribe_batch(wavs[row : row + 1, :n], torch.ones(1))[0][0]
         assert asr.transcribe_batch(wavs, rel)[0][row] == alone
     assert ctc_greedy_decode(log_probs, rel, blank_id=0)  # the reader the test is about
+
+
+def test_mixer_options_travel_with_the_exported_model(tmp_path, wavs):
+    """`conversion.set_mixer_options` (a cap on the Mamba2 heads' memory) changes the
+    student's output, is written into the exported folder and is what it reloads with;
+    `load_inference_folder(mixer_options=...)` overrides it; a field that shapes
+    parameters, a bad value or a model without mixers is refused and changes nothing."""
+    from speechbrain_cald import evaluate
+
+    student = tiny_student(Wav2Vec2ForCTC)
+    wav = wavs[0][:1]
+    plain = encode(student, wav)[0].logits
+    conversion.set_mixer_options(student, max_timescale=2.0)
+    capped = encode(student, wav)[0].logits
+    assert (capped - plain).abs().max() > 1e-3 * plain.abs().max()
+    inference.export_inference_folder(tmp_path / "export", CTCASR(VOCAB), student)
+
+    def reloaded(**kwargs):
+        interface = inference.load_inference_folder(tmp_path / "export", **kwargs)
+        return encode(inference.interface_model(interface), wav)[0].logits
+
+    torch.testing.assert_close(reloaded(), capped)
+    torch.testing.assert_close(reloaded(mixer_options={"max_timescale": None}), plain)
+    with pytest.raises(ValueError, match=r"not settable.*'max_timescale'"):
+        conversion.set_mixer_options(student, d_state=4)
+    with pytest.raises(ValueError, match="max_timescale -1"):
+        conversion.set_mixer_options(student, max_timescale=-1)
+    with pytest.raises(ValueError, match="export.*not settable"):
+        reloaded(mixer_options={"headdim": 4})
+    torch.testing.assert_close(encode(student, wav)[0].logits, capped)  # unchanged
+    transformer = Wav2Vec2ForCTC(
+        Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    )
+    with pytest.raises(ValueError, match="not a CALD student has no mixers"):
+        conversion.set_mixer_options(transformer, max_timescale=2.0)
+    assert evaluate.parse_options(["max_timescale=50", "backend=torch"]) == {
+        "max_timescale": 50,
+        "backend": "torch",
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        evaluate.parse_options(["max_timescale"])

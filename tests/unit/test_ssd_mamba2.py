@@ -23,15 +23,19 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def naive_scan(x, dt, A, B, C):
-    """h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, y_t = h_t C_t, one step at a time."""
+def naive_scan(x, dt, A, B, C, max_timescale=None):
+    """h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, y_t = h_t C_t, one step at a time;
+    with `max_timescale` the decay rate dt_t |A| is at least 1 / max_timescale."""
     batch, length, nheads, headdim = x.shape
     hpg = nheads // B.shape[2]
     B, C = B.repeat_interleave(hpg, dim=2), C.repeat_interleave(hpg, dim=2)  # (b, l, h, n)
     state = x.new_zeros(batch, nheads, headdim, B.shape[-1])
     ys = []
     for t in range(length):
-        decay = torch.exp(dt[:, t] * A)[:, :, None, None]
+        rate = dt[:, t] * -A  # (b, h)
+        if max_timescale is not None:
+            rate = rate.clamp(min=1.0 / max_timescale)
+        decay = torch.exp(-rate)[:, :, None, None]
         state = decay * state + (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]
         ys.append((state * C[:, t, :, None, :]).sum(-1))
     return torch.stack(ys, dim=1)
@@ -93,7 +97,8 @@ def naive_scan_part(m: dict, xBC: torch.Tensor, dt: torch.Tensor, cfg: Mamba2Con
     B = xBC[..., d : d + gn].reshape(b, l, cfg.ngroups, cfg.d_state)
     C = xBC[..., d + gn :].reshape(b, l, cfg.ngroups, cfg.d_state)
     dt = F.softplus(dt + m[prefix + "dt_bias"])
-    y = naive_scan(x, dt, -torch.exp(m[prefix + "A_log"]), B, C) + m[prefix + "D"][:, None] * x
+    A = -torch.exp(m[prefix + "A_log"])
+    y = naive_scan(x, dt, A, B, C, cfg.max_timescale) + m[prefix + "D"][:, None] * x
     return y.reshape(b, l, d)
 
 
@@ -119,12 +124,15 @@ def reference_config(**overrides) -> Mamba2Config:
     )
 
 
+@pytest.mark.parametrize("max_timescale", [None, 3.0], ids=["plain", "capped"])
 @pytest.mark.parametrize("single_chunk", [0, 160], ids=["chunks", "one_chunk"])
-def test_mamba2_mixer_matches_naive_float64_mixer(single_chunk):
+def test_mamba2_mixer_matches_naive_float64_mixer(single_chunk, max_timescale):
     """Length 21 in chunks of 8 (state passed between them), or as one chunk (inputs of
-    up to `torch_single_chunk` frames): outputs and every parameter gradient."""
+    up to `torch_single_chunk` frames), with or without a cap on the heads' memory
+    (3 frames: below most heads' 1 / (dt |A|) at init): outputs and every parameter
+    gradient."""
     torch.manual_seed(random.randrange(2**31))
-    cfg = reference_config(torch_single_chunk=single_chunk)
+    cfg = reference_config(torch_single_chunk=single_chunk, max_timescale=max_timescale)
     mixer = Mamba2Mixer(cfg)
     with torch.no_grad():  # non-trivial norm weights and D
         mixer.norm.weight.uniform_(0.5, 1.5)
@@ -191,6 +199,39 @@ def test_width_not_multiple_of_8_runs_the_torch_path_where_mamba_ssm_would(monke
     monkeypatch.setattr(mamba2_module, "resolve_backend", lambda *args, **kwargs: "mamba_ssm")
     mamba2_module._warn_width_once.cache_clear()
     with pytest.warns(UserWarning, match="not a multiple of 8.*pure-PyTorch path"):
+        assert torch.equal(mixer(x), expected)
+
+
+def test_max_timescale_changes_long_memory_only():
+    """The cap binds (the output changes) but leaves heads with short memory alone: a
+    cap above every head's 1 / (dt |A|) gives the plain mixer's output exactly; a
+    non-positive cap is refused; mamba-ssm's kernels (no cap) hand over to torch."""
+    torch.manual_seed(random.randrange(2**31))
+    cfg = reference_config()
+    mixer = Mamba2Mixer(cfg)
+    u = torch.randn(2, 30, cfg.d_model)
+    plain = mixer(u)
+    with torch.no_grad():
+        _, _, dt = mixer.in_proj(u).split([cfg.d_inner, cfg.conv_dim, cfg.nheads], -1)
+        timescale = 1 / (F.softplus(dt + mixer.dt_bias) * torch.exp(mixer.A_log))
+    mixer.config.max_timescale = timescale.max().item() * 1.01
+    assert torch.equal(mixer(u), plain)
+    mixer.config.max_timescale = timescale.min().item() / 2
+    assert rel_err(mixer(u), plain) > 1e-3
+    with pytest.raises(ValueError, match="max_timescale 0"):
+        reference_config(max_timescale=0)
+
+
+def test_max_timescale_runs_the_torch_path_where_mamba_ssm_would(monkeypatch):
+    import speechbrain_cald.lobes.mamba2 as mamba2_module
+
+    # in_proj width 2*32 + 2*10 + 4 = 88, a multiple of 8: only the cap is at stake
+    mixer = Mamba2Mixer(Mamba2Config(d_model=32, headdim=8, d_state=10, max_timescale=5.0))
+    x = torch.randn(1, 5, 32)
+    expected = mixer(x)
+    monkeypatch.setattr(mamba2_module, "resolve_backend", lambda *args, **kwargs: "mamba_ssm")
+    mamba2_module._warn_timescale_once.cache_clear()
+    with pytest.warns(UserWarning, match="max_timescale.*pure-PyTorch path"):
         assert torch.equal(mixer(x), expected)
 
 
