@@ -54,13 +54,13 @@ def word_errors(pairs):
 def memory_spans(model, row):
     """Every Mamba2 head's memory 1 / (dt |A|) in encoder frames, the median over the
     frames of `row`'s string (one pass): a 1-D array over all heads of all mixers."""
-    spans, hooks = [], []
+    spans, hooks = {}, []  # mixer -> [(time, heads)] (long inputs run in time blocks)
     for mixer in (m for m in model.modules() if isinstance(m, Mamba2Mixer)):
 
         def record(module, args, out, mixer=mixer):
-            dt = out[..., -mixer.config.nheads :]  # in_proj's last block, (b, l, h)
+            dt = out[0, :, -mixer.config.nheads :]  # in_proj's last block, (l, h)
             rate = F.softplus(dt + mixer.dt_bias) * torch.exp(mixer.A_log)
-            spans.append((1 / rate).median(dim=1).values[0])
+            spans.setdefault(mixer, []).append(1 / rate)
 
         hooks.append(mixer.in_proj.register_forward_hook(record))
     wav = torch.from_numpy(read_audio(row["wav"], bench_fsdd_long.SAMPLE_RATE)).float()
@@ -73,7 +73,7 @@ def memory_spans(model, row):
         model(input_features=features)
     for hook in hooks:
         hook.remove()
-    return torch.cat(spans).numpy()
+    return torch.cat([torch.cat(blocks).median(dim=0).values for blocks in spans.values()]).numpy()
 
 
 def transcripts(task, model, row, group):
