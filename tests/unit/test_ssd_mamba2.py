@@ -124,21 +124,33 @@ def reference_config(**overrides) -> Mamba2Config:
     )
 
 
-@pytest.mark.parametrize("max_timescale", [None, 3.0], ids=["plain", "capped"])
+def head_timescales(mixer: Mamba2Mixer, u: torch.Tensor) -> torch.Tensor:
+    """Each head's memory 1 / (dt |A|) in frames, `(batch, time, nheads)`, on input u."""
+    cfg = mixer.config
+    with torch.no_grad():
+        dt = mixer.in_proj(u)[..., -cfg.nheads :]
+        return 1 / (F.softplus(dt + mixer.dt_bias) * torch.exp(mixer.A_log))
+
+
+@pytest.mark.parametrize("capped", [False, True], ids=["plain", "capped"])
 @pytest.mark.parametrize("single_chunk", [0, 160], ids=["chunks", "one_chunk"])
-def test_mamba2_mixer_matches_naive_float64_mixer(single_chunk, max_timescale):
+def test_mamba2_mixer_matches_naive_float64_mixer(single_chunk, capped):
     """Length 21 in chunks of 8 (state passed between them), or as one chunk (inputs of
-    up to `torch_single_chunk` frames), with or without a cap on the heads' memory
-    (3 frames: below most heads' 1 / (dt |A|) at init): outputs and every parameter
-    gradient."""
+    up to `torch_single_chunk` frames), with or without a cap on the heads' memory (at
+    the median of this input's 1 / (dt |A|): half the steps capped, half not): outputs
+    and every parameter gradient."""
     torch.manual_seed(random.randrange(2**31))
-    cfg = reference_config(torch_single_chunk=single_chunk, max_timescale=max_timescale)
+    cfg = reference_config(torch_single_chunk=single_chunk)
     mixer = Mamba2Mixer(cfg)
     with torch.no_grad():  # non-trivial norm weights and D
         mixer.norm.weight.uniform_(0.5, 1.5)
         mixer.D.uniform_(0.5, 1.5)
     params64 = {k: v.detach().double().requires_grad_() for k, v in mixer.named_parameters()}
     u = torch.randn(2, 21, cfg.d_model)
+    if capped:  # between the two middle values: no step sits on the cap's kink
+        spans = head_timescales(mixer, u).flatten().sort().values
+        half = len(spans) // 2
+        cfg.max_timescale = spans[half - 1 : half + 1].mean().item()
     y, ref = mixer(u), naive_mixer(params64, u.double(), cfg)
     assert rel_err(y, ref) < RTOL
 
@@ -188,51 +200,47 @@ def test_mamba2_config_in_proj_width_multiple_of_8():
         assert Mamba2Config(d_model=768, headdim=64).in_proj_width == 1804  # no CUDA here
 
 
-def test_width_not_multiple_of_8_runs_the_torch_path_where_mamba_ssm_would(monkeypatch):
-    """mamba-ssm's fused kernels fail on such widths: the mixer warns (once) and runs
-    the exact pure-PyTorch path instead; nothing is said where mamba-ssm never runs."""
+@pytest.mark.parametrize(
+    "config, warn_once, message",
+    [  # in_proj width 2*d_inner + 2*d_state + nheads: 82 (not a multiple of 8), 88
+        (dict(d_state=7), "_warn_width_once", "not a multiple of 8.*pure-PyTorch path"),
+        (dict(d_state=10, max_timescale=5.0), "_warn_timescale_once", "max_timescale.*PyTorch"),
+    ],
+    ids=["width", "max_timescale"],
+)
+def test_the_torch_path_runs_where_mamba_ssm_kernels_cannot(
+    monkeypatch, config, warn_once, message
+):
+    """mamba-ssm's fused kernels fail on widths that are not a multiple of 8 and have no
+    cap on a head's memory: the mixer warns (once) and runs the exact pure-PyTorch path
+    instead; nothing is said where mamba-ssm never runs."""
     import speechbrain_cald.lobes.mamba2 as mamba2_module
 
-    mixer = Mamba2Mixer(Mamba2Config(d_model=32, headdim=8, d_state=7))  # width 82
+    mixer = Mamba2Mixer(Mamba2Config(d_model=32, headdim=8, **config))
     x = torch.randn(1, 5, 32)
     expected = mixer(x)
     monkeypatch.setattr(mamba2_module, "resolve_backend", lambda *args, **kwargs: "mamba_ssm")
-    mamba2_module._warn_width_once.cache_clear()
-    with pytest.warns(UserWarning, match="not a multiple of 8.*pure-PyTorch path"):
+    getattr(mamba2_module, warn_once).cache_clear()
+    with pytest.warns(UserWarning, match=message):
         assert torch.equal(mixer(x), expected)
 
 
 def test_max_timescale_changes_long_memory_only():
     """The cap binds (the output changes) but leaves heads with short memory alone: a
     cap above every head's 1 / (dt |A|) gives the plain mixer's output exactly; a
-    non-positive cap is refused; mamba-ssm's kernels (no cap) hand over to torch."""
+    non-positive cap is refused."""
     torch.manual_seed(random.randrange(2**31))
     cfg = reference_config()
     mixer = Mamba2Mixer(cfg)
     u = torch.randn(2, 30, cfg.d_model)
     plain = mixer(u)
-    with torch.no_grad():
-        _, _, dt = mixer.in_proj(u).split([cfg.d_inner, cfg.conv_dim, cfg.nheads], -1)
-        timescale = 1 / (F.softplus(dt + mixer.dt_bias) * torch.exp(mixer.A_log))
+    timescale = head_timescales(mixer, u)
     mixer.config.max_timescale = timescale.max().item() * 1.01
     assert torch.equal(mixer(u), plain)
     mixer.config.max_timescale = timescale.min().item() / 2
     assert rel_err(mixer(u), plain) > 1e-3
     with pytest.raises(ValueError, match="max_timescale 0"):
         reference_config(max_timescale=0)
-
-
-def test_max_timescale_runs_the_torch_path_where_mamba_ssm_would(monkeypatch):
-    import speechbrain_cald.lobes.mamba2 as mamba2_module
-
-    # in_proj width 2*32 + 2*10 + 4 = 88, a multiple of 8: only the cap is at stake
-    mixer = Mamba2Mixer(Mamba2Config(d_model=32, headdim=8, d_state=10, max_timescale=5.0))
-    x = torch.randn(1, 5, 32)
-    expected = mixer(x)
-    monkeypatch.setattr(mamba2_module, "resolve_backend", lambda *args, **kwargs: "mamba_ssm")
-    mamba2_module._warn_timescale_once.cache_clear()
-    with pytest.warns(UserWarning, match="max_timescale.*pure-PyTorch path"):
-        assert torch.equal(mixer(x), expected)
 
 
 def test_resolve_backend_on_cpu(caplog, monkeypatch):
