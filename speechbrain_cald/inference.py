@@ -335,6 +335,17 @@ class ASR(CheckedAudioMixin, EncoderASR):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.tokenizer.expect_len(self.mods.encoder.model.config.vocab_size)
+        # Folders exported before the encoder carried the blank: its padding frames
+        # would decode as whatever they score highest (a padded batch would transcribe
+        # differently from each utterance alone). The decoder's blank is the task's.
+        blank = self.hparams.decoding_function.keywords["blank_id"]
+        if self.mods.encoder.blank_index is None:
+            self.mods.encoder.blank_index = blank
+        elif self.mods.encoder.blank_index != blank:
+            raise ValueError(
+                f"encoder blank_index {self.mods.encoder.blank_index} is not the decoder's "
+                f"blank_id {blank}: the folder's hyperparams disagree"
+            )
 
     @staticmethod
     def parts(settings):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -468,11 +469,29 @@ def test_evaluate_on_a_manifest_with_a_bad_file_leaves_no_results(tmp_path, asr_
         evaluate.main(argv)
 
 
-def test_padding_frames_decode_nothing(asr):
+@pytest.fixture(params=["current", "without_encoder_blank"])
+def any_asr(request, asr, asr_folder, tmp_path):
+    """The exported ASR, and the same folder as exported before the encoder carried the
+    CTC blank (its hyperparams.yaml without the encoder's `blank_index`, and no
+    cald_inference.json yet: loaded through the YAML)."""
+    if request.param == "current":
+        return asr
+    old = tmp_path / "old"
+    shutil.copytree(asr_folder, old, ignore=shutil.ignore_patterns("save", exports.SAFE_CONFIG))
+    hparams = (old / inference.HPARAMS_FILE).read_text()
+    assert hparams.count("  blank_index: 0\n") == 1
+    (old / inference.HPARAMS_FILE).write_text(hparams.replace("  blank_index: 0\n", ""))
+    return inference.load_inference_folder(old, savedir=tmp_path / "save", trust_yaml=True)
+
+
+def test_padding_frames_decode_nothing(any_asr):
     """SpeechBrain's ctc_greedy_decode turns relative lengths into frame counts by
     rounding, and may read one frame past an utterance's end: padding frames must be the
-    blank with probability 1, so a padded batch transcribes as each utterance alone."""
+    blank with probability 1, so a padded batch transcribes as each utterance alone;
+    also from a folder exported before the encoder carried the blank."""
     from speechbrain.decoders import ctc_greedy_decode
+
+    asr = any_asr
 
     model = asr.mods.encoder.model
     longest = 16000
