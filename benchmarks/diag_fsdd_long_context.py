@@ -51,6 +51,21 @@ def word_errors(pairs):
     return 100 * sum(d["num_edits"] for d in details) / sum(d["num_ref_tokens"] for d in details)
 
 
+def string_audio(row):
+    """The waveform of a manifest row's string at the models' rate, float32 `(samples,)`."""
+    return torch.from_numpy(read_audio(row["wav"], bench_fsdd_long.SAMPLE_RATE)).float()
+
+
+def log_mel(wav, filters):
+    """Whisper's log-mel of one waveform `(samples,)` -> `(mel, frames)`."""
+    return speech_input.log_mel(wav[None], torch.tensor([len(wav)]), filters)[0][0]
+
+
+def mel_filters(model):
+    """The mel filter bank of `model`'s feature extractor."""
+    return speech_input.feature_extractor_from_config(model.config).mel_filters
+
+
 def memory_spans(model, row):
     """Every Mamba2 head's memory 1 / (dt |A|) in encoder frames, the median over the
     frames of `row`'s string (one pass): a 1-D array over all heads of all mixers."""
@@ -63,14 +78,8 @@ def memory_spans(model, row):
             spans.setdefault(mixer, []).append(1 / rate)
 
         hooks.append(mixer.in_proj.register_forward_hook(record))
-    wav = torch.from_numpy(read_audio(row["wav"], bench_fsdd_long.SAMPLE_RATE)).float()
-    features = speech_input.log_mel(
-        wav[None],
-        torch.tensor([len(wav)]),
-        speech_input.feature_extractor_from_config(model.config).mel_filters,
-    )[0]
     with torch.no_grad():
-        model(input_features=features)
+        model(input_features=log_mel(string_audio(row), mel_filters(model))[None])
     for hook in hooks:
         hook.remove()
     return torch.cat([torch.cat(blocks).median(dim=0).values for blocks in spans.values()]).numpy()
@@ -79,16 +88,13 @@ def memory_spans(model, row):
 def transcripts(task, model, row, group):
     """{condition: (reference words, hypothesis words)} for one manifest row."""
     scale = bench_fsdd_long.SAMPLE_RATE // bench_fsdd_long.RATE
-    wav = torch.from_numpy(read_audio(row["wav"], bench_fsdd_long.SAMPLE_RATE)).float()
+    wav = string_audio(row)
     ends = [int(e) * scale for e in row["ends"].split()]
     words = row["wrd"].split()
     cuts = ends[group - 1 :: group]
     cuts = cuts if cuts and cuts[-1] == ends[-1] else [*cuts, ends[-1]]  # fewer than a group
     spans = list(zip([0, *cuts[:-1]], cuts))
-    filters = speech_input.feature_extractor_from_config(model.config).mel_filters
-
-    def mel(piece):
-        return speech_input.log_mel(piece[None], torch.tensor([len(piece)]), filters)[0][0]
+    filters = mel_filters(model)
 
     def logits(features):
         with torch.no_grad():
@@ -99,9 +105,9 @@ def transcripts(task, model, row, group):
             0
         ]
 
-    whole = logits(mel(wav))
-    joined = logits(torch.cat([mel(wav[a:b]) for a, b in spans], dim=-1))
-    independent = sum((decode(logits(mel(wav[a:b]))) for a, b in spans), [])
+    whole = logits(log_mel(wav, filters))
+    joined = logits(torch.cat([log_mel(wav[a:b], filters) for a, b in spans], dim=-1))
+    independent = sum((decode(logits(log_mel(wav[a:b], filters))) for a, b in spans), [])
     half = len(spans) // 2
     middle = spans[half][0] // (2 * speech_input.HOP)  # encoder frames: 2 mel frames each
     n_first = min(half * group, len(words))
