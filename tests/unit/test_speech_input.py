@@ -3,7 +3,8 @@
 - A padded utterance gives what it gives alone (outputs and gradients), through the
   Task forward of training, our exported interface and stock SpeechBrain `EncoderASR`,
   for GroupNorm (wav2vec2-base) and LayerNorm (wav2vec2-large-lv60) CNNs, teacher and
-  converted student. Tolerance: 1e-5 relative to the largest magnitude compared
+  converted student, plain and with each head's memory capped (`max_timescale`, carried
+  by the export). Tolerance: 1e-5 relative to the largest magnitude compared
   (float32; padding changes only the summation order of the statistics).
 - The input normalisation equals HF's `Wav2Vec2FeatureExtractor` (1e-5).
 - Files at other rates, stereo, int16 or float reach the model as the same input in
@@ -34,9 +35,10 @@ STUDENT = {"mixer_config": {"d_state": 7, "headdim": 8, "chunk_size": 16}}
 pytestmark = pytest.mark.filterwarnings("ignore:Mamba2 in_proj width:UserWarning")
 
 
-def tiny_model(norm, student):
+def tiny_model(norm, kind):
     """A random tiny Wav2Vec2ForCTC (total stride 80) with its CNN trainable and no
-    dropout or masking, or its BiMamba2 student; input normalisation recorded."""
+    dropout or masking ("teacher"), or its BiMamba2 student ("student"; "capped
+    student": each head's memory capped at 4 frames); input normalisation recorded."""
     config = transformers.Wav2Vec2Config(
         vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=32, conv_dim=(8, 8, 8), conv_stride=(5, 4, 4), conv_kernel=(10, 8, 4),
@@ -51,8 +53,10 @@ def tiny_model(norm, student):
         torch.nn.init.normal_(first.layer_norm.weight)
         torch.nn.init.normal_(first.layer_norm.bias)
     speech_input.attach_feature_extractor(model, speech_input.feature_extractor_for())
-    if student:
+    if kind != "teacher":
         model = conversion.convert_to_student(model, STUDENT)[0]
+    if kind == "capped student":
+        conversion.set_mixer_options(model, max_timescale=4.0)
     return model.train()  # no dropout: train mode is deterministic and has gradients
 
 
@@ -66,13 +70,14 @@ def assert_close(actual, expected, scale=None):
     torch.testing.assert_close(actual, expected, rtol=RTOL, atol=RTOL * scale)
 
 
-CASES = [(norm, student) for norm in ("group", "layer") for student in (False, True)]
-IDS = [f"{n}-{'student' if s else 'teacher'}" for n, s in CASES]
+KINDS = ("teacher", "student", "capped student")
+CASES = [(norm, kind) for norm in ("group", "layer") for kind in KINDS]
+IDS = [f"{norm}-{kind.replace(' ', '_')}" for norm, kind in CASES]
 
 
-@pytest.mark.parametrize("norm, student", CASES, ids=IDS)
-def test_task_forward_padded_equals_alone_outputs_and_gradients(norm, student):
-    model = tiny_model(norm, student)
+@pytest.mark.parametrize("norm, kind", CASES, ids=IDS)
+def test_task_forward_padded_equals_alone_outputs_and_gradients(norm, kind):
+    model = tiny_model(norm, kind)
     short = torch.randn(3001) * 0.3 + 0.2  # offset and scale: normalisation matters
     long = torch.randn(5000) * 2.0
     weight = torch.randn(64, len(VOCAB))  # a fixed projection of the short one's logits
@@ -102,9 +107,9 @@ def test_task_forward_padded_equals_alone_outputs_and_gradients(norm, student):
     assert any(first_conv in name for name in alone[2])  # the CNN's gradients compared too
 
 
-@pytest.mark.parametrize("norm, student", CASES, ids=IDS)
-def test_exported_folder_padded_equals_alone_and_equals_training(norm, student, tmp_path):
-    model = tiny_model(norm, student).eval()
+@pytest.mark.parametrize("norm, kind", CASES, ids=IDS)
+def test_exported_folder_padded_equals_alone_and_equals_training(norm, kind, tmp_path):
+    model = tiny_model(norm, kind).eval()
     inference.export_inference_folder(tmp_path / "export", CTCASR(VOCAB), model)
     short, long = torch.randn(3001) * 0.3 + 0.2, torch.randn(5000) * 2.0
     padded = torch.zeros(2, 5000)
@@ -146,7 +151,7 @@ def test_normalisation_equals_hf_feature_extractor():
 
 
 def test_model_without_recorded_normalisation_is_refused(tmp_path):
-    model = transformers.Wav2Vec2ForCTC(tiny_model("layer", False).config)
+    model = transformers.Wav2Vec2ForCTC(tiny_model("layer", "teacher").config)
     delattr(model.config, speech_input.FEATURE_EXTRACTOR_KEY)
     model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="preprocessor_config.json"):
@@ -174,7 +179,7 @@ def test_training_and_inference_read_a_file_the_same_way(tmp_path, rate, channel
     )
     assert training.shape == (8000,) and training.dtype == torch.float32
     assert torch.equal(ours, training) and torch.equal(stock, training)
-    config = tiny_model("layer", False).config
+    config = tiny_model("layer", "teacher").config
     inputs = [
         speech_input.model_inputs(config, x[None], torch.tensor([8000]))["input_values"]
         for x in (training, stock)
